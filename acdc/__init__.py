@@ -1,0 +1,23 @@
+"""acdc: automated circuit discovery for transformer language models.
+
+The library's one mechanism is :func:`masked_forward`; every method is a way of choosing its edge mask.
+"""
+
+from acdc.errors import AcdcError, InputError
+from acdc.graph import Circuit, Graph, prune_dangling
+from acdc.models import load_model
+from acdc.patching import AblationCache, ablation_cache, masked_forward, run_with_writers
+
+__all__ = [
+    "AblationCache",
+    "AcdcError",
+    "Circuit",
+    "Graph",
+    "InputError",
+    "ablation_cache",
+    "load_model",
+    "masked_forward",
+    "prune_dangling",
+    "run_with_writers",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,155 @@
+"""Loading models: a hub name (``gpt2``), a local Hugging Face checkpoint directory, or ``zoo:NAME``.
+
+Every spec goes through the same path: ``TransformerBridge.boot_transformers`` (TransformerLens 4) with per-head
+attention results, split q/k/v inputs and ``hook_mlp_in`` enabled, in eval mode, with gradients off on the weights
+(circuit discovery differentiates with respect to edge masks, never weights).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from acdc.arch import SUPPORTED_ARCHITECTURES
+from acdc.errors import ModelLoadError, UnsupportedArchitecture
+
+log = logging.getLogger(__name__)
+
+HUB_HOST = "huggingface.co"
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    host = os.environ.get("HF_ENDPOINT", f"https://{HUB_HOST}").split("://")[-1].split("/")[0]
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _cached_config(repo_id: str) -> Path | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # noqa: BLE001 - an unusual cache layout just means "not cached"
+        return None
+    return Path(hit) if isinstance(hit, str) else None
+
+
+def _check_architecture(config_path: Path, spec: str) -> None:
+    try:
+        archs = json.loads(config_path.read_text()).get("architectures") or []
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{config_path} is not a readable Hugging Face config.json: {e}") from e
+    if archs and not any(a in SUPPORTED_ARCHITECTURES for a in archs):
+        raise UnsupportedArchitecture(
+            f"model '{spec}' has architecture {archs[0]}, whose attention cannot expose per-head q/k/v inputs "
+            f"here; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+        )
+
+
+def resolve_spec(spec: str) -> tuple[str, bool]:
+    """Map a model spec to what ``boot_transformers`` takes, and whether it is local (no network needed)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelLoadError("empty model spec; give a hub name (gpt2), a local checkpoint directory or zoo:NAME")
+    if spec.startswith("zoo:"):
+        from acdc.zoo import ensure_zoo_model
+
+        path = ensure_zoo_model(spec[4:])
+        return str(path), True
+    p = Path(spec).expanduser()
+    if p.exists() or spec.startswith((".", "/", "~")) or os.sep in spec.rstrip("/").split("/", 1)[-1]:
+        if not p.is_dir():
+            raise ModelLoadError(f"no model directory at {p}; give a Hugging Face checkpoint folder or zoo:NAME")
+        if not (p / "config.json").is_file():
+            raise ModelLoadError(f"{p} has no config.json; it is not a Hugging Face checkpoint directory")
+        _check_architecture(p / "config.json", spec)
+        return str(p), True
+    if not _REPO_ID.match(spec):
+        raise ModelLoadError(
+            f"'{spec}' is neither a local directory, a zoo:NAME nor a hub name like 'gpt2' or 'org/model'"
+        )
+    cached = _cached_config(spec)
+    if cached is not None:
+        _check_architecture(cached, spec)
+        return spec, True
+    if not _hub_reachable():
+        raise ModelLoadError(
+            f"model '{spec}' is not in the local Hugging Face cache and the hub is unreachable; "
+            "pass a local checkpoint directory or a zoo model (see `acdc zoo list`)"
+        )
+    return spec, False
+
+
+def load_model(
+    spec: str,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    *,
+    trust_remote_code: bool = False,
+) -> Any:
+    """Load ``spec`` as a TransformerBridge ready for circuit discovery.
+
+    Args:
+        spec: ``gpt2`` (hub; needs the hub or a cached copy), a local HF checkpoint directory, or ``zoo:NAME``.
+        device: torch device.
+        dtype: weight dtype.
+        trust_remote_code: allow a hub model's own Python code to run (off by default).
+
+    Raises:
+        UnknownZooModel, ModelLoadError, UnsupportedArchitecture with one-line messages.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    source, local = resolve_spec(spec)
+    env_before = os.environ.get("HF_HUB_OFFLINE")
+    if local:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        bridge = TransformerBridge.boot_transformers(
+            source, device=device, dtype=dtype, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelLoadError(f"could not load model '{spec}': {str(e).splitlines()[0]}") from e
+    finally:
+        if local:
+            if env_before is None:
+                os.environ.pop("HF_HUB_OFFLINE", None)
+            else:
+                os.environ["HF_HUB_OFFLINE"] = env_before
+    prepare_bridge(bridge, spec)
+    return bridge
+
+
+def prepare_bridge(bridge: Any, spec: str = "model") -> Any:
+    """Enable per-head edge hooks, eval mode, and no weight gradients on an existing bridge."""
+    from acdc.arch import architecture_of
+
+    arch = architecture_of(bridge)
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise UnsupportedArchitecture(
+            f"model '{spec}' has architecture {arch}, whose attention cannot expose per-head q/k/v inputs here; "
+            f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+        )
+    try:
+        bridge.set_use_attn_result(True)
+        bridge.set_use_split_qkv_input(True)
+        bridge.set_use_hook_mlp_in(True)
+    except Exception as e:  # noqa: BLE001 - the bridge raises various types for unsupported attention
+        raise UnsupportedArchitecture(
+            f"model '{spec}' ({arch}) cannot expose per-head attention inputs: {str(e).splitlines()[0]}"
+        ) from e
+    bridge.eval()
+    bridge.requires_grad_(False)
+    return bridge

@@ -1,0 +1,314 @@
+"""The masked forward: one differentiable pass that evaluates K edge masks at once.
+
+For every reader v (a head's q/k/v input, an MLP's input, the logits) and mask m:
+
+    in_v = sum_u  m[u, v] * a_u  +  (1 - m[u, v]) * ã_u  =  base_v + sum_u m[u, v] * (a_u - ã_u)
+
+where a_u is writer u's output in the masked run itself, ã_u its output in the counterfactual run (or its mean over
+a reference set, or zero), and ``base_v`` is the ablated run's residual stream at v (the sum of the ã_u upstream of
+v plus the constant biases that belong to no writer, such as attention's ``b_O``). Binary masks give exact
+activation patching; the map is differentiable in ``m``, which EAP, EAP-IG and edge pruning use.
+
+Implementation notes
+- Writers upstream of any reader form a prefix of the writer list (see acdc.graph), so the reader inputs of a whole
+  layer are one matmul ``masks[:, :U, readers]^T @ delta[:U]`` over a store of ``delta_u = a_u - ã_u``.
+- The store is one preallocated tensor written once per writer. Autograd would refuse to backpropagate through
+  slices of a tensor that is later written in place, so the mixing is a custom autograd function (`_Mix`) that
+  reads the store directly and returns gradients for the masks and for each writer chunk.
+- The ablated run is computed once per batch (`AblationCache`) and broadcast over the K masks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+import torch
+
+from acdc.arch import Arch, get_arch
+from acdc.errors import InputError, ShapeError
+from acdc.graph import Graph
+
+Ablation = Literal["patch", "mean", "zero"]
+ABLATIONS: tuple[str, ...] = get_args(Ablation)
+
+
+@dataclass(eq=False)
+class AblationCache:
+    """What every writer is replaced by outside the mask, and the ablated run's residual stream.
+
+    Leading dimension B' of every tensor is the batch size (``patch``) or 1 (``mean``/``zero``, broadcast over
+    the batch); the position dimension is 1 for ``zero``.
+    """
+
+    ablation: str
+    writers: torch.Tensor  # [n_src, B', P', d]
+    base_attn: torch.Tensor  # [n_layers, B', P', d]: residual before each attention layer
+    base_mlp: torch.Tensor  # [n_layers, B', P', d]: residual before each MLP
+    base_final: torch.Tensor  # [B', P', d]: residual read by the logits
+
+    @property
+    def batch(self) -> int:
+        return self.writers.shape[1]
+
+    @property
+    def n_pos(self) -> int:
+        return self.writers.shape[2]
+
+
+# ---- input checks ---------------------------------------------------------------------------------------------------
+def _check_tokens(name: str, tokens: Any, arch: Arch, model: Any) -> torch.Tensor:
+    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.dtype not in (torch.long, torch.int):
+        shape = list(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+        raise ShapeError(f"{name} must be an integer tensor of token ids [batch, pos], got {shape}")
+    if tokens.numel() == 0:
+        raise ShapeError(f"{name} is empty ({list(tokens.shape)}); give at least one prompt of one token")
+    vocab = model.cfg.d_vocab
+    lo, hi = int(tokens.min()), int(tokens.max())
+    if lo < 0 or hi >= vocab:
+        raise ShapeError(f"{name} has token id {hi if hi >= vocab else lo}, outside the model's vocabulary [0, {vocab})")
+    n_ctx = getattr(model.cfg, "n_ctx", None)
+    if n_ctx and tokens.shape[1] > n_ctx:
+        raise ShapeError(f"{name} has {tokens.shape[1]} positions; the model's context is {n_ctx}")
+    return tokens.to(arch.device, torch.long)
+
+
+def _check_masks(masks: Any, graph: Graph, arch: Arch) -> tuple[torch.Tensor, bool]:
+    if not isinstance(masks, torch.Tensor):
+        raise ShapeError(f"masks must be a tensor [K, {graph.n_src}, {graph.n_dst}], got {type(masks).__name__}")
+    graph.check_mask(masks)
+    single = masks.dim() == 2
+    m = masks.unsqueeze(0) if single else masks
+    if m.shape[0] == 0:
+        raise ShapeError("masks has K = 0 masks; give at least one")
+    if not m.dtype.is_floating_point:
+        m = m.to(arch.dtype)
+    return m.to(arch.device), single
+
+
+def _check_graph(graph: Graph, arch: Arch) -> None:
+    if (graph.n_layers, graph.n_heads, graph.n_kv_heads) != (arch.n_layers, arch.n_heads, arch.n_kv_heads):
+        raise ShapeError(
+            f"graph {graph.signature()} does not belong to this model "
+            f"(n_layers={arch.n_layers}, n_heads={arch.n_heads}, n_kv_heads={arch.n_kv_heads}); "
+            "build it with Graph.from_model(model)"
+        )
+
+
+# ---- the unmasked pass (records every writer) -----------------------------------------------------------------------
+def run_with_writers(model: Any, tokens: torch.Tensor) -> tuple[torch.Tensor, AblationCache]:
+    """Plain forward that records every writer's output and the residual stream before each reader group.
+
+    Returns ``(logits [B, P, V], cache)``; ``cache`` (ablation ``patch``) is what a counterfactual run provides.
+    """
+    arch = get_arch(model)
+    tokens = _check_tokens("tokens", tokens, arch, model)
+    with torch.no_grad():
+        return _plain(arch, tokens)
+
+
+def _plain(arch: Arch, tokens: torch.Tensor) -> tuple[torch.Tensor, AblationCache]:
+    B, P = tokens.shape
+    H, G, dh, L = arch.n_heads, arch.n_kv_heads, arch.d_head, arch.n_layers
+    S = 1 + L * (H + 1)
+    writers = torch.empty(S, B, P, arch.d_model, dtype=arch.dtype, device=arch.device)
+    base_attn = torch.empty(L, B, P, arch.d_model, dtype=arch.dtype, device=arch.device)
+    base_mlp = torch.empty_like(base_attn)
+    resid = arch.embed(tokens)
+    writers[0] = resid
+    for layer in range(L):
+        base_attn[layer] = resid
+        qkv = arch.ln1[layer](resid) @ arch.W_Q_fused[layer] + arch.b_Q_fused[layer]  # [B, P, (H+2G)*dh]
+        q, k, v = qkv.split([H * dh, G * dh, G * dh], dim=-1)
+        q, k, v = (t.view(B, P, -1, dh).permute(2, 0, 1, 3) for t in (q, k, v))  # [heads, B, P, dh]
+        z = arch.attention(q, k, v)
+        w0 = 1 + layer * (H + 1)
+        heads = torch.matmul(z.reshape(H, B * P, dh), arch.W_O[layer]).view(H, B, P, -1)
+        writers[w0 : w0 + H] = heads
+        resid = resid + heads.sum(0) + arch.b_O[layer]
+        base_mlp[layer] = resid
+        mlp = arch.mlp[layer](arch.ln2[layer](resid))
+        writers[w0 + H] = mlp
+        resid = resid + mlp
+    logits = arch.unembed(arch.ln_final(resid))
+    return logits, AblationCache("patch", writers, base_attn, base_mlp, resid)
+
+
+def ablation_cache(
+    model: Any,
+    graph: Graph,
+    tokens: torch.Tensor | None = None,
+    ablation: Ablation = "patch",
+) -> AblationCache:
+    """What writers are replaced by outside the mask.
+
+    - ``patch``: their outputs on the counterfactual prompts ``tokens`` (same shape as the clean prompts);
+    - ``mean``: their outputs averaged over the reference prompts ``tokens`` at each position;
+    - ``zero``: zero (``tokens`` unused); the residual keeps only the constant biases.
+    """
+    arch = get_arch(model)
+    _check_graph(graph, arch)
+    if ablation not in ABLATIONS:
+        raise InputError(f"unknown ablation '{ablation}'; choose one of {', '.join(ABLATIONS)}")
+    if ablation == "zero":
+        d = arch.d_model
+        consts = torch.cumsum(arch.b_O, 0)  # attention output biases belong to no head
+        zero = torch.zeros(1, d, dtype=arch.dtype, device=arch.device)
+        before = torch.cat([zero, consts[:-1]], 0)
+        return AblationCache(
+            "zero",
+            torch.zeros(graph.n_src, 1, 1, d, dtype=arch.dtype, device=arch.device),
+            before.view(-1, 1, 1, d),
+            consts.view(-1, 1, 1, d),
+            consts[-1].view(1, 1, d),
+        )
+    if tokens is None:
+        raise InputError(f"ablation '{ablation}' needs prompts: counterfactual prompts for 'patch', reference for 'mean'")
+    _, cache = run_with_writers(model, tokens)
+    if ablation == "mean":
+        return AblationCache(
+            "mean",
+            cache.writers.mean(1, keepdim=True),
+            cache.base_attn.mean(1, keepdim=True),
+            cache.base_mlp.mean(1, keepdim=True),
+            cache.base_final.mean(0, keepdim=True),
+        )
+    return cache
+
+
+# ---- the masked pass ----------------------------------------------------------------------------------------------
+class _Store:
+    """Preallocated ``delta_u = a_u - ã_u`` for every writer, ``[n_src, K, B, P, d]``, written once per writer."""
+
+    def __init__(self, n_src: int, k: int, b: int, p: int, d: int, like: torch.Tensor) -> None:
+        self.buf = torch.empty(n_src, k, b, p, d, dtype=like.dtype, device=like.device)
+
+
+class _Mix(torch.autograd.Function):
+    """Reader inputs ``base + masks^T @ delta[:U]`` for a block of readers, differentiable in masks and deltas.
+
+    Forward reads ``store.buf[:U]`` (which holds exactly the values of ``chunks``, concatenated); the chunks are
+    inputs only so that autograd routes their gradients back to the writers that produced them.
+    """
+
+    @staticmethod
+    def forward(ctx, masks, base, store, n_up, *chunks):  # type: ignore[override]
+        K, U, R = masks.shape
+        delta = store.buf[:n_up]
+        _, _, B, P, d = delta.shape
+        out = torch.empty(R, K, B * P * d, dtype=delta.dtype, device=delta.device)
+        for k in range(K):
+            out[:, k] = masks[k].t() @ delta[:, k].reshape(n_up, -1)
+        out = out.view(R, K, B, P, d)
+        out += base
+        ctx.save_for_backward(masks)
+        ctx.store, ctx.n_up, ctx.sizes = store, n_up, [c.shape[0] for c in chunks]
+        ctx.chunk_shapes = [c.shape for c in chunks]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (masks,) = ctx.saved_tensors
+        K, U, R = masks.shape
+        delta = ctx.store.buf[: ctx.n_up]
+        g = grad.reshape(R, K, -1)
+        grad_masks = None
+        if ctx.needs_input_grad[0]:
+            grad_masks = torch.stack([delta[:, k].reshape(U, -1) @ g[:, k].t() for k in range(K)])
+        grads_chunks: list[torch.Tensor | None] = [None] * len(ctx.sizes)
+        if any(ctx.needs_input_grad[4:]):
+            gd = torch.empty(U, K, g.shape[-1], dtype=g.dtype, device=g.device)
+            for k in range(K):
+                gd[:, k] = masks[k] @ g[:, k]
+            parts = gd.split(ctx.sizes, dim=0)
+            grads_chunks = [p.reshape(s) if need else None
+                            for p, s, need in zip(parts, ctx.chunk_shapes, ctx.needs_input_grad[4:])]
+        return (grad_masks, None, None, None, *grads_chunks)
+
+
+def masked_forward(
+    model: Any,
+    graph: Graph,
+    clean: torch.Tensor,
+    corrupt: torch.Tensor | AblationCache | None,
+    masks: torch.Tensor,
+    *,
+    ablation: Ablation = "patch",
+) -> torch.Tensor:
+    """Logits of the model with every edge outside ``masks`` patched, for K masks in one batched pass.
+
+    Args:
+        model: a TransformerBridge from :func:`acdc.load_model`.
+        graph: ``Graph.from_model(model)``.
+        clean: token ids ``[B, P]`` of the run being computed.
+        corrupt: counterfactual token ids ``[B, P]`` (ablation ``patch``), reference prompts (``mean``), ``None``
+            (``zero``), or a precomputed :class:`AblationCache` to reuse across calls.
+        masks: ``[K, n_src, n_dst]`` or ``[n_src, n_dst]`` with values in [0, 1]; entries outside
+            ``graph.valid`` are ignored. Differentiable.
+        ablation: how writers outside the mask are replaced when ``corrupt`` is not a cache.
+
+    Returns:
+        logits ``[K, B, P, V]`` (or ``[B, P, V]`` for a single 2-D mask).
+    """
+    arch = get_arch(model)
+    _check_graph(graph, arch)
+    if getattr(model, "training", False):
+        raise InputError("model is in training mode (dropout on); call model.eval() first")
+    clean = _check_tokens("clean", clean, arch, model)
+    m, single = _check_masks(masks, graph, arch)
+    if isinstance(corrupt, AblationCache):
+        cache = corrupt
+    else:
+        if ablation == "patch" and isinstance(corrupt, torch.Tensor) and tuple(corrupt.shape) != tuple(clean.shape):
+            raise ShapeError(
+                f"clean {list(clean.shape)} and corrupt {list(corrupt.shape)} must have the same shape "
+                "(pair every prompt with a counterfactual of equal token length)"
+            )
+        cache = ablation_cache(model, graph, corrupt, ablation)
+    B, P = clean.shape
+    if cache.batch not in (1, B) or cache.n_pos not in (1, P):
+        raise ShapeError(
+            f"ablation cache is for batch {cache.batch} x {cache.n_pos} positions, clean is {B} x {P}"
+        )
+    m = m * graph.valid.to(m.device, m.dtype)
+    logits = _masked(arch, graph, clean, cache, m)
+    return logits[0] if single else logits
+
+
+def _masked(arch: Arch, graph: Graph, clean: torch.Tensor, cache: AblationCache, m: torch.Tensor) -> torch.Tensor:
+    K = m.shape[0]
+    B, P = clean.shape
+    H, G, dh, d, L = arch.n_heads, arch.n_kv_heads, arch.d_head, arch.d_model, arch.n_layers
+    N = K * B
+    abl = cache.writers.unsqueeze(1)  # [S, 1, B', P', d], broadcast over K
+    store = _Store(graph.n_src, K, B, P, d, arch.W_Q)
+    chunks: list[torch.Tensor] = []
+
+    def write(w0: int, out: torch.Tensor) -> None:
+        n = out.shape[0]
+        delta = out.view(n, K, B, P, d) - abl[w0 : w0 + n]
+        store.buf[w0 : w0 + n] = delta.detach()
+        chunks.append(delta)
+
+    write(0, arch.embed(clean).unsqueeze(0).expand(K, B, P, d).reshape(1, N, P, d))
+    for layer in range(L):
+        n_up = graph.n_upstream_attn(layer)
+        x = _Mix.apply(m[:, :n_up, graph.attn_readers(layer)], cache.base_attn[layer], store, n_up, *chunks)
+        x = arch.ln1[layer](x.view(-1, N * P, d))  # [H + 2G, N*P, d]
+        q = torch.baddbmm(arch.b_Q[layer].unsqueeze(1), x[:H], arch.W_Q[layer])
+        k = torch.baddbmm(arch.b_K[layer].unsqueeze(1), x[H : H + G], arch.W_K[layer])
+        v = torch.baddbmm(arch.b_V[layer].unsqueeze(1), x[H + G :], arch.W_V[layer])
+        z = arch.attention(q.view(H, N, P, dh), k.view(G, N, P, dh), v.view(G, N, P, dh))
+        heads = torch.bmm(z.view(H, N * P, dh), arch.W_O[layer])  # [H, N*P, d]
+        write(graph.head_writer(layer, 0), heads)
+
+        n_up = graph.n_upstream_mlp(layer)
+        r = graph.mlp_reader(layer)
+        x = _Mix.apply(m[:, :n_up, r : r + 1], cache.base_mlp[layer], store, n_up, *chunks)
+        mlp = arch.mlp[layer](arch.ln2[layer](x.view(N, P, d)))
+        write(graph.mlp_writer(layer), mlp.unsqueeze(0))
+
+    r = graph.logits_index
+    x = _Mix.apply(m[:, :, r : r + 1], cache.base_final, store, graph.n_src, *chunks)
+    logits = arch.unembed(arch.ln_final(x.view(N, P, d)))
+    return logits.view(K, B, P, -1)
