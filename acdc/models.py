@@ -153,3 +153,66 @@ def prepare_bridge(bridge: Any, spec: str = "model") -> Any:
     bridge.eval()
     bridge.requires_grad_(False)
     return bridge
+
+
+def word_level_tokenizer(vocab: list[str], *, bos: str | None = None, unk: str | None = None) -> Any:
+    """A Hugging Face fast tokenizer over whitespace-separated words (used by the zoo and for random models)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    ids = {w: i for i, w in enumerate(vocab)}
+    unk = unk or vocab[0]
+    tok = Tokenizer(models.WordLevel(ids, unk_token=unk))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    bos = bos or vocab[0]
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=bos, unk_token=unk, pad_token=bos)
+
+
+def bridge_from_hf(
+    hf_model: Any, tokenizer: Any | None = None, name: str = "in-memory", dtype: torch.dtype | None = None
+) -> Any:
+    """Wrap an in-memory Hugging Face model (e.g. randomly initialised from a config) as a prepared bridge."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    if tokenizer is None:
+        tokenizer = word_level_tokenizer([f"t{i}" for i in range(hf_model.config.vocab_size)])
+    device = next(hf_model.parameters()).device
+    # The bridge re-reads the tokenizer from its `name_or_path`, so it must exist on disk while booting.
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        tokenizer = AutoTokenizer.from_pretrained(tmp)
+        dtype = dtype or next(hf_model.parameters()).dtype
+        bridge = TransformerBridge.boot_transformers(
+            name, hf_model=hf_model.to(dtype), tokenizer=tokenizer, device=device, dtype=dtype
+        )
+    return prepare_bridge(bridge, name)
+
+
+def random_gpt2(
+    *,
+    n_layer: int = 2,
+    n_head: int = 4,
+    d_model: int = 64,
+    vocab: int = 100,
+    n_ctx: int = 64,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    init_std: float = 0.02,
+) -> Any:
+    """A randomly initialised GPT-2-architecture bridge, built locally (no download). Defaults are tiny;
+    ``random_gpt2(n_layer=12, n_head=12, d_model=768, vocab=50257, n_ctx=1024)`` is GPT-2 small's shape.
+    A larger ``init_std`` than GPT-2's 0.02 makes attention non-uniform, which gives tests more power."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(
+        n_layer=n_layer, n_head=n_head, n_embd=d_model, vocab_size=vocab, n_positions=n_ctx,
+        bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        initializer_range=init_std,
+    )
+    torch.manual_seed(seed)
+    hf = GPT2LMHeadModel(cfg).eval()
+    return bridge_from_hf(hf, name=f"random-gpt2-{n_layer}x{n_head}x{d_model}", dtype=dtype)
