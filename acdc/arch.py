@@ -4,8 +4,9 @@ The masked forward does not run the model through TransformerLens's per-head hoo
 ``[batch, pos, heads, d_head, d_model]`` intermediates and made a GPT-2-small-sized model 5x slower forward and 14x
 slower forward+backward here. Instead it reads the bridge's weights once (``W_Q``/``W_K``/``W_V``/``W_O`` in
 TransformerLens convention, the Hugging Face norm/MLP/embedding modules the bridge wraps) and computes each head
-itself. Norms and MLPs are called through ``torch.func.functional_call`` with detached parameters, so no gradient is
-ever accumulated on the weights. Equality with the bridge's own hooked computation is a test (tests/test_patching.py).
+itself. Everything is held as detached tensors, so no gradient is ever accumulated on the
+weights, and read from the unwrapped Hugging Face modules (the bridge replaces submodules with hooked wrappers whose
+layer norm is computed step by step for its hooks). Equality with the bridge's own hooked computation is a test (tests/test_patching.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call
+from torch.nn import functional as F
 
 from acdc.errors import UnsupportedArchitecture
 
@@ -26,16 +27,19 @@ from acdc.errors import UnsupportedArchitecture
 SUPPORTED_ARCHITECTURES = ("GPT2LMHeadModel",)
 
 
-def _frozen(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Call ``module`` with detached copies of its parameters (views, no memory copy)."""
-    params = {k: v.detach() for k, v in module.named_parameters()}
-    buffers = {k: v for k, v in module.named_buffers()}
-    state = {**params, **buffers}
+def _unwrap(module: nn.Module) -> nn.Module:
+    """The Hugging Face module behind a bridge component (the bridge replaces submodules with hooked wrappers)."""
+    return getattr(module, "_original_component", module)
 
-    def call(x: torch.Tensor) -> torch.Tensor:
-        return functional_call(module, state, (x,))
 
-    return call
+def _layer_norm(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    ln = _unwrap(module)
+    if not isinstance(ln, nn.LayerNorm):
+        raise UnsupportedArchitecture(f"expected a LayerNorm, found {type(ln).__name__}")
+    w = ln.weight.detach() if ln.weight is not None else None
+    b = ln.bias.detach() if ln.bias is not None else None
+    shape, eps = tuple(ln.normalized_shape), ln.eps
+    return lambda x: F.layer_norm(x, shape, w, b, eps)
 
 
 def architecture_of(model: Any) -> str:
@@ -57,23 +61,63 @@ class Arch:
     n_kv_heads: int
     d_model: int
     d_head: int
-    W_Q: torch.Tensor  # [L, H, d_model, d_head]
-    b_Q: torch.Tensor  # [L, H, d_head]
+    W_Q: torch.Tensor  # [L, H, d_model, d_head], pre-multiplied by the attention scale
+    b_Q: torch.Tensor  # [L, H, d_head], likewise
     W_K: torch.Tensor  # [L, G, d_model, d_head]
     b_K: torch.Tensor
     W_V: torch.Tensor
     b_V: torch.Tensor
     W_O: torch.Tensor  # [L, H, d_head, d_model]
     b_O: torch.Tensor  # [L, d_model]; a constant added to the residual, not attributed to any head
-    W_Q_fused: torch.Tensor  # [L, d_model, 3 * H * d_head]: q|k|v of all heads, for the unmasked path
-    b_Q_fused: torch.Tensor  # [L, 3 * H * d_head]
+    W_Q_fused: torch.Tensor  # [L, d_model, (H + 2G) * d_head]: q|k|v of all heads, for the unmasked path
+    b_Q_fused: torch.Tensor  # [L, (H + 2G) * d_head]
+
+    @property
+    def W_read(self) -> torch.Tensor:
+        """``[L, H + 2G, d_model, d_head]``: the projection of every q, k and v reader, in graph order."""
+        return self._W_read
+
+    @property
+    def b_read(self) -> torch.Tensor:
+        return self._b_read
+
+    @property
+    def W_read_cols(self) -> torch.Tensor:
+        """``W_read`` as one matrix per layer, ``[L, d_model, (H + 2G) * d_head]`` (the same as W_Q_fused)."""
+        return self.W_Q_fused
+
+    W_in: torch.Tensor  # [L, d_model, d_mlp]
+    b_in: torch.Tensor  # [L, d_mlp]
+    W_out: torch.Tensor  # [L, d_mlp, d_model]
+    b_out: torch.Tensor  # [L, d_model]
+    act: Callable[[torch.Tensor], torch.Tensor]
     ln1: list[Callable[[torch.Tensor], torch.Tensor]]
     ln2: list[Callable[[torch.Tensor], torch.Tensor]]
-    mlp: list[Callable[[torch.Tensor], torch.Tensor]]
     ln_final: Callable[[torch.Tensor], torch.Tensor]
-    unembed: Callable[[torch.Tensor], torch.Tensor]
-    embed: Callable[[torch.Tensor], torch.Tensor]  # token ids [B, P] -> the `input` writer's output [B, P, d]
-    attn_scale: float
+    W_E: torch.Tensor  # [V, d_model]
+    W_pos: torch.Tensor | None  # [n_ctx, d_model] (learned absolute positions) or None
+    W_U: torch.Tensor  # [d_model, V]
+    b_U: torch.Tensor | None  # [V]
+
+    def __post_init__(self) -> None:
+        self._W_read = torch.cat([self.W_Q, self.W_K, self.W_V], dim=1).contiguous()
+        self._b_read = torch.cat([self.b_Q, self.b_K, self.b_V], dim=1).contiguous()
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids ``[B, P]`` -> the ``input`` writer's output ``[B, P, d]``."""
+        x = F.embedding(tokens, self.W_E)
+        if self.W_pos is not None:
+            x = x + self.W_pos[: tokens.shape[-1]]
+        return x
+
+    def mlp(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """The MLP of ``layer`` on normalised input ``x [..., d]``."""
+        h = self.act(torch.addmm(self.b_in[layer], x.reshape(-1, self.d_model), self.W_in[layer]))
+        return torch.addmm(self.b_out[layer], h, self.W_out[layer]).view(*x.shape[:-1], self.d_model)
+
+    def unembed(self, x: torch.Tensor) -> torch.Tensor:
+        out = x @ self.W_U
+        return out + self.b_U if self.b_U is not None else out
 
     @property
     def device(self) -> torch.device:
@@ -90,9 +134,9 @@ class Arch:
             k = k.repeat_interleave(rep, dim=0)
             v = v.repeat_interleave(rep, dim=0)
         p = q.shape[-2]
-        scores = torch.matmul(q, k.transpose(-1, -2)) * self.attn_scale
+        scores = torch.matmul(q, k.transpose(-1, -2))  # W_Q and b_Q carry the 1/sqrt(d_head) scale
         causal = torch.ones(p, p, dtype=torch.bool, device=q.device).triu(1)
-        scores = scores.masked_fill(causal, torch.finfo(scores.dtype).min)
+        scores = scores.masked_fill_(causal, torch.finfo(scores.dtype).min)
         return torch.matmul(scores.softmax(-1), v)
 
 
@@ -123,19 +167,20 @@ def _build(model: Any) -> Arch:
             f"GPT-2 variant with scale_attn_by_inverse_layer_idx/cross-attention is not supported ({cfg.model_name})"
         )
     with torch.no_grad():
-        W_Q, W_K, W_V, W_O = (model.W_Q.detach(), model.W_K.detach(), model.W_V.detach(), model.W_O.detach())
-        b_Q, b_K, b_V, b_O = (model.b_Q.detach(), model.b_K.detach(), model.b_V.detach(), model.b_O.detach())
+        scale = 1.0 / math.sqrt(model.cfg.d_head) if getattr(hcfg, "scale_attn_weights", True) else 1.0
+        W_Q, W_K, W_V, W_O = (model.W_Q.detach() * scale, model.W_K.detach(), model.W_V.detach(), model.W_O.detach())
+        b_Q, b_K, b_V, b_O = (model.b_Q.detach() * scale, model.b_K.detach(), model.b_V.detach(), model.b_O.detach())
         L, H, d, dh = W_Q.shape
         fused = torch.cat([w.permute(0, 2, 1, 3).reshape(L, d, -1) for w in (W_Q, W_K, W_V)], dim=-1)
         b_fused = torch.cat([b.reshape(L, -1) for b in (b_Q, b_K, b_V)], dim=-1)
+    from transformers.activations import ACT2FN
+
     tr = hf.transformer
-    wte, wpe = _frozen(tr.wte), _frozen(tr.wpe)
-
-    def embed(tokens: torch.Tensor) -> torch.Tensor:
-        pos = torch.arange(tokens.shape[-1], device=tokens.device)
-        return wte(tokens) + wpe(pos)
-
-    scale = 1.0 / math.sqrt(dh) if getattr(hcfg, "scale_attn_weights", True) else 1.0
+    lm_head = _unwrap(hf.lm_head)
+    mlps = [_unwrap(b.mlp) for b in tr.h]
+    # GPT-2's MLP uses Conv1D (weight [in, out]), read from the unwrapped modules, not the bridge's hooked copies.
+    fc = [_unwrap(m.c_fc) for m in mlps]
+    proj = [_unwrap(m.c_proj) for m in mlps]
     return Arch(
         name=name,
         n_layers=L,
@@ -153,11 +198,16 @@ def _build(model: Any) -> Arch:
         b_O=b_O.contiguous(),
         W_Q_fused=fused.contiguous(),
         b_Q_fused=b_fused.contiguous(),
-        ln1=[_frozen(b.ln_1) for b in tr.h],
-        ln2=[_frozen(b.ln_2) for b in tr.h],
-        mlp=[_frozen(b.mlp) for b in tr.h],
-        ln_final=_frozen(tr.ln_f),
-        unembed=_frozen(hf.lm_head),
-        embed=embed,
-        attn_scale=scale,
+        W_in=torch.stack([f.weight.detach() for f in fc]),
+        b_in=torch.stack([f.bias.detach() for f in fc]),
+        W_out=torch.stack([p.weight.detach() for p in proj]),
+        b_out=torch.stack([p.bias.detach() for p in proj]),
+        act=ACT2FN[hcfg.activation_function],
+        ln1=[_layer_norm(b.ln_1) for b in tr.h],
+        ln2=[_layer_norm(b.ln_2) for b in tr.h],
+        ln_final=_layer_norm(tr.ln_f),
+        W_E=_unwrap(tr.wte).weight.detach(),
+        W_pos=_unwrap(tr.wpe).weight.detach(),
+        W_U=lm_head.weight.detach().t(),
+        b_U=lm_head.bias.detach() if getattr(lm_head, "bias", None) is not None else None,
     )

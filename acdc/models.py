@@ -192,7 +192,7 @@ def bridge_from_hf(
     return prepare_bridge(bridge, name)
 
 
-def random_gpt2(
+def random_gpt2_hf(
     *,
     n_layer: int = 2,
     n_head: int = 4,
@@ -200,12 +200,9 @@ def random_gpt2(
     vocab: int = 100,
     n_ctx: int = 64,
     seed: int = 0,
-    dtype: torch.dtype = torch.float32,
     init_std: float = 0.02,
 ) -> Any:
-    """A randomly initialised GPT-2-architecture bridge, built locally (no download). Defaults are tiny;
-    ``random_gpt2(n_layer=12, n_head=12, d_model=768, vocab=50257, n_ctx=1024)`` is GPT-2 small's shape.
-    A larger ``init_std`` than GPT-2's 0.02 makes attention non-uniform, which gives tests more power."""
+    """A randomly initialised Hugging Face ``GPT2LMHeadModel`` (eval mode, no dropout), deterministic in ``seed``."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     cfg = GPT2Config(
@@ -214,5 +211,14 @@ def random_gpt2(
         initializer_range=init_std,
     )
     torch.manual_seed(seed)
-    hf = GPT2LMHeadModel(cfg).eval()
-    return bridge_from_hf(hf, name=f"random-gpt2-{n_layer}x{n_head}x{d_model}", dtype=dtype)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def random_gpt2(*, dtype: torch.dtype = torch.float32, **shape: Any) -> Any:
+    """A randomly initialised GPT-2-architecture bridge, built locally (no download); ``shape`` as for
+    :func:`random_gpt2_hf`. Defaults are tiny; ``random_gpt2(n_layer=12, n_head=12, d_model=768, vocab=50257,
+    n_ctx=1024)`` is GPT-2 small's shape. A larger ``init_std`` than GPT-2's 0.02 makes attention non-uniform,
+    which gives tests more power."""
+    hf = random_gpt2_hf(**shape)
+    c = hf.config
+    return bridge_from_hf(hf, name=f"random-gpt2-{c.n_layer}x{c.n_head}x{c.n_embd}", dtype=dtype)

@@ -21,16 +21,14 @@ Implementation notes
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
 
 from acdc.arch import Arch, get_arch
 from acdc.errors import InputError, ShapeError
 from acdc.graph import Graph
-
-Ablation = Literal["patch", "mean", "zero"]
-ABLATIONS: tuple[str, ...] = get_args(Ablation)
+from acdc.types import ABLATIONS, Ablation
 
 
 @dataclass(eq=False)
@@ -127,7 +125,7 @@ def _plain(arch: Arch, tokens: torch.Tensor) -> tuple[torch.Tensor, AblationCach
         writers[w0 : w0 + H] = heads
         resid = resid + heads.sum(0) + arch.b_O[layer]
         base_mlp[layer] = resid
-        mlp = arch.mlp[layer](arch.ln2[layer](resid))
+        mlp = arch.mlp(layer, arch.ln2[layer](resid))
         writers[w0 + H] = mlp
         resid = resid + mlp
     logits = arch.unembed(arch.ln_final(resid))
@@ -184,6 +182,19 @@ class _Store:
         self.buf = torch.empty(n_src, k, b, p, d, dtype=like.dtype, device=like.device)
 
 
+def mix(masks: torch.Tensor, base: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``base + sum_u masks[k, u, r] * delta[u, k]`` -> ``[R, K, B, P, d]``; ``base`` broadcasts to ``[B, P, d]``."""
+    K, U, R = masks.shape
+    _, _, B, P, d = delta.shape
+    base = base.expand(B, P, d).reshape(1, -1)
+    if K == 1:
+        return torch.addmm(base, masks[0].t(), delta.view(U, -1)).view(R, 1, B, P, d)
+    out = torch.empty(R, K, B * P * d, dtype=delta.dtype, device=delta.device)
+    for k in range(K):
+        out[:, k] = torch.addmm(base, masks[k].t(), delta[:, k].reshape(U, -1))
+    return out.view(R, K, B, P, d)
+
+
 class _Mix(torch.autograd.Function):
     """Reader inputs ``base + masks^T @ delta[:U]`` for a block of readers, differentiable in masks and deltas.
 
@@ -193,18 +204,10 @@ class _Mix(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, masks, base, store, n_up, *chunks):  # type: ignore[override]
-        K, U, R = masks.shape
-        delta = store.buf[:n_up]
-        _, _, B, P, d = delta.shape
-        out = torch.empty(R, K, B * P * d, dtype=delta.dtype, device=delta.device)
-        for k in range(K):
-            out[:, k] = masks[k].t() @ delta[:, k].reshape(n_up, -1)
-        out = out.view(R, K, B, P, d)
-        out += base
         ctx.save_for_backward(masks)
-        ctx.store, ctx.n_up, ctx.sizes = store, n_up, [c.shape[0] for c in chunks]
-        ctx.chunk_shapes = [c.shape for c in chunks]
-        return out
+        ctx.store, ctx.n_up = store, n_up
+        ctx.sizes, ctx.chunk_shapes = [c.shape[0] for c in chunks], [c.shape for c in chunks]
+        return mix(masks, base, store.buf[:n_up])
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
@@ -280,35 +283,104 @@ def _masked(arch: Arch, graph: Graph, clean: torch.Tensor, cache: AblationCache,
     B, P = clean.shape
     H, G, dh, d, L = arch.n_heads, arch.n_kv_heads, arch.d_head, arch.d_model, arch.n_layers
     N = K * B
+    grad = torch.is_grad_enabled() and m.requires_grad
     abl = cache.writers.unsqueeze(1)  # [S, 1, B', P', d], broadcast over K
     store = _Store(graph.n_src, K, B, P, d, arch.W_Q)
     chunks: list[torch.Tensor] = []
+    # Without gradients, readers whose mask column is all ones share one input: the run's own residual
+    # base + sum of all deltas so far (kept here as a running sum); all-zero columns share the ablated residual.
+    total = None if grad else torch.zeros(K, B, P, d, dtype=arch.dtype, device=arch.device)
 
     def write(w0: int, out: torch.Tensor) -> None:
         n = out.shape[0]
-        delta = out.view(n, K, B, P, d) - abl[w0 : w0 + n]
-        store.buf[w0 : w0 + n] = delta.detach()
+        if torch.is_grad_enabled():
+            delta = out.view(n, K, B, P, d) - abl[w0 : w0 + n]
+            store.buf[w0 : w0 + n] = delta.detach()
+        else:
+            delta = torch.sub(out.view(n, K, B, P, d), abl[w0 : w0 + n], out=store.buf[w0 : w0 + n])
+        if total is not None:
+            total.add_(delta.sum(0))
         chunks.append(delta)
+
+    def inputs(blk: torch.Tensor, base: torch.Tensor, n_up: int) -> torch.Tensor:
+        """All readers' inputs ``[R, N, P, d]`` of a reader block (differentiable path)."""
+        return _Mix.apply(blk, base, store, n_up, *chunks).view(blk.shape[-1], N, P, d)
 
     write(0, arch.embed(clean).unsqueeze(0).expand(K, B, P, d).reshape(1, N, P, d))
     for layer in range(L):
         n_up = graph.n_upstream_attn(layer)
-        x = _Mix.apply(m[:, :n_up, graph.attn_readers(layer)], cache.base_attn[layer], store, n_up, *chunks)
-        x = arch.ln1[layer](x.view(-1, N * P, d))  # [H + 2G, N*P, d]
-        q = torch.baddbmm(arch.b_Q[layer].unsqueeze(1), x[:H], arch.W_Q[layer])
-        k = torch.baddbmm(arch.b_K[layer].unsqueeze(1), x[H : H + G], arch.W_K[layer])
-        v = torch.baddbmm(arch.b_V[layer].unsqueeze(1), x[H + G :], arch.W_V[layer])
-        z = arch.attention(q.view(H, N, P, dh), k.view(G, N, P, dh), v.view(G, N, P, dh))
-        heads = torch.bmm(z.view(H, N * P, dh), arch.W_O[layer])  # [H, N*P, d]
-        write(graph.head_writer(layer, 0), heads)
+        blk = m[:, :n_up, graph.attn_readers(layer)]
+        base = cache.base_attn[layer]
+        if total is None:
+            x = arch.ln1[layer](inputs(blk, base, n_up).view(-1, N * P, d))  # [H + 2G, N*P, d]
+            qkv = torch.baddbmm(arch.b_read[layer].unsqueeze(1), x, arch.W_read[layer])
+        else:
+            qkv = _shared_qkv(arch, layer, blk, base, total, store.buf[:n_up])
+        q, k, v = qkv.view(-1, N, P, dh).split([H, G, G])
+        z = arch.attention(q, k, v)
+        write(graph.head_writer(layer, 0), torch.bmm(z.view(H, N * P, dh), arch.W_O[layer]))
 
         n_up = graph.n_upstream_mlp(layer)
         r = graph.mlp_reader(layer)
-        x = _Mix.apply(m[:, :n_up, r : r + 1], cache.base_mlp[layer], store, n_up, *chunks)
-        mlp = arch.mlp[layer](arch.ln2[layer](x.view(N, P, d)))
-        write(graph.mlp_writer(layer), mlp.unsqueeze(0))
+        x = _single_input(m[:, :n_up, r], cache.base_mlp[layer], total, store.buf[:n_up], inputs)
+        write(graph.mlp_writer(layer), arch.mlp(layer, arch.ln2[layer](x.view(N, P, d))).unsqueeze(0))
 
     r = graph.logits_index
-    x = _Mix.apply(m[:, :, r : r + 1], cache.base_final, store, graph.n_src, *chunks)
-    logits = arch.unembed(arch.ln_final(x.view(N, P, d)))
-    return logits.view(K, B, P, -1)
+    x = _single_input(m[:, :, r], cache.base_final, total, store.buf, inputs)
+    return arch.unembed(arch.ln_final(x.view(N, P, d))).view(K, B, P, -1)
+
+
+def _single_input(col: torch.Tensor, base: torch.Tensor, total: torch.Tensor | None, delta: torch.Tensor, inputs):
+    """Input ``[K, B, P, d]`` of one reader (the MLP's, the logits') whose mask column is ``col [K, U]``."""
+    if total is None:
+        return inputs(col.unsqueeze(-1), base, col.shape[1])
+    K, U = col.shape
+    out = torch.empty_like(total)
+    for k in range(K):
+        if bool((col[k] == 0).all()):
+            out[k] = base
+        elif bool((col[k] == 1).all()):
+            torch.add(total[k], base, out=out[k])
+        else:
+            out[k] = mix(col[k].view(1, U, 1), base, delta[:, k : k + 1])[0, 0]
+    return out
+
+
+def _shared_qkv(
+    arch: Arch, layer: int, blk: torch.Tensor, base: torch.Tensor, total: torch.Tensor, delta: torch.Tensor
+) -> torch.Tensor:
+    """q/k/v of every head ``[R, N*P, d_head]`` without gradients, sharing work between readers.
+
+    Readers whose mask column is all zeros read the ablated residual ``base``; all ones, the run's own residual
+    ``base + total``. Each shared input is normalised once and projected for all its readers in one matmul; only
+    readers with mixed columns get inputs of their own.
+    """
+    K, U, R = blk.shape
+    _, B, P, d = total.shape
+    dh = arch.d_head
+    out = torch.empty(R, K, B * P, dh, dtype=total.dtype, device=total.device)
+    W, b, W_cols = arch.W_read[layer], arch.b_read[layer], arch.W_read_cols[layer]
+    ln = arch.ln1[layer]
+    view = out.view(R, K, B, P, dh)
+    for k in range(K):
+        zeros, ones = (blk[k] == 0).all(0), (blk[k] == 1).all(0)
+        mixed = ~(zeros | ones)
+        for sel, x in ((zeros, lambda: base), (ones, lambda: base + total[k])):
+            if not bool(sel.any()):
+                continue
+            xs = x()  # [B', P', d]; B' and P' may be 1 (mean/zero ablation): project once, then broadcast
+            y = ln(xs.reshape(-1, d))
+            if bool(sel.all()):
+                proj = (y @ W_cols).view(*xs.shape[:2], R, dh).permute(2, 0, 1, 3) + b.view(R, 1, 1, dh)
+                view[:, k] = proj
+            else:
+                idx = sel.nonzero().flatten()
+                cols = W[idx].permute(1, 0, 2).reshape(d, -1)
+                proj = (y @ cols).view(*xs.shape[:2], len(idx), dh).permute(2, 0, 1, 3) + b[idx].view(-1, 1, 1, dh)
+                view[idx, k] = proj.expand(len(idx), B, P, dh)
+        if bool(mixed.any()):
+            idx = mixed.nonzero().flatten()
+            x = mix(blk[k : k + 1, :, idx], base, delta[:, k : k + 1])  # [n, 1, B, P, d]
+            y = ln(x.view(len(idx), B * P, d))
+            out[idx, k] = torch.baddbmm(b[idx].unsqueeze(1), y, W[idx])
+    return out.view(R, K * B * P, dh)
