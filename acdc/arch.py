@@ -6,7 +6,8 @@ slower forward+backward here. Instead it reads the bridge's weights once (``W_Q`
 TransformerLens convention, the Hugging Face norm/MLP/embedding modules the bridge wraps) and computes each head
 itself. Everything is held as detached tensors, so no gradient is ever accumulated on the
 weights, and read from the unwrapped Hugging Face modules (the bridge replaces submodules with hooked wrappers whose
-layer norm is computed step by step for its hooks). Equality with the bridge's own hooked computation is a test (tests/test_patching.py).
+layer norm is computed step by step for its hooks). Equality with the bridge's own hooked computation is a test
+(tests/test_patching.py).
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ from acdc.errors import UnsupportedArchitecture
 SUPPORTED_ARCHITECTURES = ("GPT2LMHeadModel",)
 
 
-def _unwrap(module: nn.Module) -> nn.Module:
+def _unwrap(module: Any) -> Any:
     """The Hugging Face module behind a bridge component (the bridge replaces submodules with hooked wrappers)."""
     return getattr(module, "_original_component", module)
 
 
-def _layer_norm(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+def _layer_norm(module: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     ln = _unwrap(module)
     if not isinstance(ln, nn.LayerNorm):
         raise UnsupportedArchitecture(f"expected a LayerNorm, found {type(ln).__name__}")
@@ -160,7 +161,7 @@ def _build(model: Any) -> Arch:
             f"implemented for {', '.join(SUPPORTED_ARCHITECTURES)}"
         )
     cfg = model.cfg
-    hf = model.original_model
+    hf: Any = model.original_model
     hcfg = hf.config
     if getattr(hcfg, "scale_attn_by_inverse_layer_idx", False) or getattr(hcfg, "add_cross_attention", False):
         raise UnsupportedArchitecture(
@@ -175,7 +176,7 @@ def _build(model: Any) -> Arch:
         b_fused = torch.cat([b.reshape(L, -1) for b in (b_Q, b_K, b_V)], dim=-1)
     from transformers.activations import ACT2FN
 
-    tr = hf.transformer
+    tr: Any = hf.transformer
     lm_head = _unwrap(hf.lm_head)
     mlps = [_unwrap(b.mlp) for b in tr.h]
     # GPT-2's MLP uses Conv1D (weight [in, out]), read from the unwrapped modules, not the bridge's hooked copies.

@@ -321,7 +321,7 @@ class Circuit:
     def from_dict(cls, d: Any, graph: Graph | None = None) -> Circuit:
         if not isinstance(d, dict) or d.get("format") != CIRCUIT_FORMAT:
             raise CircuitFileError(f"not an acdc circuit (expected \"format\": \"{CIRCUIT_FORMAT}\")")
-        sig = d.get("graph")
+        sig: Any = d.get("graph")
         try:
             g = graph or Graph.from_config(int(sig["n_layers"]), int(sig["n_heads"]), int(sig["n_kv_heads"]))
         except (TypeError, KeyError, ValueError) as e:

@@ -64,7 +64,8 @@ def _check_tokens(name: str, tokens: Any, arch: Arch, model: Any) -> torch.Tenso
     vocab = model.cfg.d_vocab
     lo, hi = int(tokens.min()), int(tokens.max())
     if lo < 0 or hi >= vocab:
-        raise ShapeError(f"{name} has token id {hi if hi >= vocab else lo}, outside the model's vocabulary [0, {vocab})")
+        bad = hi if hi >= vocab else lo
+        raise ShapeError(f"{name} has token id {bad}, outside the model's vocabulary [0, {vocab})")
     n_ctx = getattr(model.cfg, "n_ctx", None)
     if n_ctx and tokens.shape[1] > n_ctx:
         raise ShapeError(f"{name} has {tokens.shape[1]} positions; the model's context is {n_ctx}")
@@ -161,7 +162,9 @@ def ablation_cache(
             consts[-1].view(1, 1, d),
         )
     if tokens is None:
-        raise InputError(f"ablation '{ablation}' needs prompts: counterfactual prompts for 'patch', reference for 'mean'")
+        raise InputError(
+            f"ablation '{ablation}' needs prompts: counterfactual prompts for 'patch', reference prompts for 'mean'"
+        )
     _, cache = run_with_writers(model, tokens)
     if ablation == "mean":
         return AblationCache(
@@ -225,7 +228,7 @@ class _Mix(torch.autograd.Function):
                 gd[:, k] = masks[k] @ g[:, k]
             parts = gd.split(ctx.sizes, dim=0)
             grads_chunks = [p.reshape(s) if need else None
-                            for p, s, need in zip(parts, ctx.chunk_shapes, ctx.needs_input_grad[4:])]
+                            for p, s, need in zip(parts, ctx.chunk_shapes, ctx.needs_input_grad[4:], strict=True)]
         return (grad_masks, None, None, None, *grads_chunks)
 
 
@@ -365,10 +368,10 @@ def _shared_qkv(
     for k in range(K):
         zeros, ones = (blk[k] == 0).all(0), (blk[k] == 1).all(0)
         mixed = ~(zeros | ones)
-        for sel, x in ((zeros, lambda: base), (ones, lambda: base + total[k])):
+        for sel, own in ((zeros, False), (ones, True)):
             if not bool(sel.any()):
                 continue
-            xs = x()  # [B', P', d]; B' and P' may be 1 (mean/zero ablation): project once, then broadcast
+            xs = base + total[k] if own else base  # B', P' may be 1 (mean/zero ablation): project, then broadcast
             y = ln(xs.reshape(-1, d))
             if bool(sel.all()):
                 proj = (y @ W_cols).view(*xs.shape[:2], R, dh).permute(2, 0, 1, 3) + b.view(R, 1, 1, dh)

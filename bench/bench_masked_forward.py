@@ -5,7 +5,8 @@ Batch: 32 prompts x 16 tokens. Threads: 2. Denominator: the Hugging Face model's
 (the fastest "bare" forward; the bridge's hooked forward is also printed). For K masks the denominator is K bare
 forwards. "steady" reuses the counterfactual cache, as every search does for all the masks it evaluates on a
 batch; "cold" includes computing the counterfactual run. Mask kinds: random 50% (the worst case: every reader
-needs an input of its own), a sparse circuit (10% of edges at random, then dangling edges pruned: what pareto sweeps evaluate)
+needs an input of its own), a sparse circuit (10% of edges at random, then dangling edges pruned: what pareto
+sweeps evaluate)
 and near-full (0.2% of edges removed: what ACDC evaluates).
 
     python bench/bench_masked_forward.py [--batch 32] [--pos 16] [--repeats 5]
@@ -57,7 +58,7 @@ def main() -> None:
         bridge = timed(lambda: model(clean), args.repeats)
         cache = ablation_cache(model, graph, corrupt)
         print(f"model: GPT-2-small shape, random init; batch {args.batch} x {args.pos} tokens; {args.threads} threads")
-        print(f"bare HF forward {bare * 1e3:8.1f} ms   (the bridge's hooked forward: {bridge * 1e3:.1f} ms)", flush=True)
+        print(f"bare HF forward {bare * 1e3:8.1f} ms   (the bridge's hooked forward: {bridge * 1e3:.1f} ms)")
         def kinds(k: int) -> dict[str, torch.Tensor]:
             dense = (torch.rand(k, graph.n_src, graph.n_dst, generator=gen) > 0.5).float()
             sparse = torch.stack([
@@ -71,7 +72,8 @@ def main() -> None:
             for kind, masks in kinds(k).items():
                 steady = timed(lambda m=masks: masked_forward(model, graph, clean, cache, m), args.repeats)
                 line = (
-                    f"K={k} {kind:<15} ({int((masks[0].bool() & graph.valid).sum()):>5} edges): steady {steady * 1e3:8.1f} ms"
+                    f"K={k} {kind:<15} ({int((masks[0].bool() & graph.valid).sum()):>5} edges): "
+                    f"steady {steady * 1e3:8.1f} ms"
                     f"  ratio {steady / (k * bare):5.2f}"
                 )
                 if kind == "random 50%":
