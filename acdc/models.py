@@ -172,10 +172,9 @@ def bridge_from_hf(
     hf_model: Any, tokenizer: Any | None = None, name: str = "in-memory", dtype: torch.dtype | None = None
 ) -> Any:
     """Wrap an in-memory Hugging Face model (e.g. randomly initialised from a config) as a prepared bridge."""
-    from transformer_lens.model_bridge import TransformerBridge
-
     import tempfile
 
+    from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoTokenizer
 
     if tokenizer is None:

@@ -160,7 +160,7 @@ def run(task: str, model_spec: str | None, n_prompts: int, seed: int, ablation: 
     click.echo(f"{'counterfactual model':28}{base_corrupt:>10.4f}")
     for i, (label, c) in enumerate((("full circuit", full), ("empty circuit", empty))):
         name = f"{label} ({c.n_edges} edges)"
-        click.echo(f"{name:28}{float(metric[i]):>10.4f}{float(f[i]):>14.3f}{float(kl[i]):>14.4f}")
+        click.echo(f"{name:28}{float(metric[i]):>10.4f}{float(f[i]):>14.3f}{max(float(kl[i]), 0.0):>14.4f}")
 
 
 def entry() -> None:  # pragma: no cover - console script shim

@@ -68,7 +68,8 @@ def test_unsupported_architecture(tmp_path):
     "args, message",
     [
         (["run", "nope"], "error: unknown task 'nope'; available: induction"),
-        (["run", "induction", "--model", "./missing-dir"], "error: no model directory at missing-dir"),
+        (["run", "induction", "--model", "./missing-dir"],
+         "error: no model directory at missing-dir; give a Hugging Face checkpoint folder or zoo:NAME"),
         (["run", "induction", "--model", "zoo:nope"], "error: unknown zoo model 'nope'; available: toy-induction"),
         (["zoo", "train", "nope"], "error: unknown zoo model 'nope'; available: toy-induction"),
     ],

@@ -1,0 +1,5 @@
+"""The zoo: small models trained offline by this project, loaded like any Hugging Face checkpoint."""
+
+from acdc.zoo.registry import ZOO, ZooSpec, ensure_zoo_model, is_trained, zoo_dir, zoo_model_path
+
+__all__ = ["ZOO", "ZooSpec", "ensure_zoo_model", "is_trained", "zoo_dir", "zoo_model_path"]
