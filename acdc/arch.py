@@ -33,6 +33,14 @@ def _unwrap(module: Any) -> Any:
     return getattr(module, "_original_component", module)
 
 
+def _ln_params(module: Any) -> tuple[torch.Tensor, torch.Tensor, float]:
+    ln = _unwrap(module)
+    d = ln.normalized_shape[0]
+    g = ln.weight.detach() if ln.weight is not None else torch.ones(d)
+    b = ln.bias.detach() if ln.bias is not None else torch.zeros(d)
+    return g, b, float(ln.eps)
+
+
 def _layer_norm(module: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     ln = _unwrap(module)
     if not isinstance(ln, nn.LayerNorm):
@@ -97,12 +105,20 @@ class Arch:
     ln_final: Callable[[torch.Tensor], torch.Tensor]
     W_E: torch.Tensor  # [V, d_model]
     W_pos: torch.Tensor | None  # [n_ctx, d_model] (learned absolute positions) or None
+    ln1_params: list[tuple[torch.Tensor, torch.Tensor, float]]  # (gamma, beta, eps) of each layer's ln_1
     W_U: torch.Tensor  # [d_model, V]
     b_U: torch.Tensor | None  # [V]
 
     def __post_init__(self) -> None:
         self._W_read = torch.cat([self.W_Q, self.W_K, self.W_V], dim=1).contiguous()
         self._b_read = torch.cat([self.b_Q, self.b_K, self.b_V], dim=1).contiguous()
+        # ln_1 folded into the reader projections: LN(x) W + b = rstd * (x W~ - mean * c) + b~
+        # with W~ = diag(gamma) W, c = 1^T W~, b~ = beta W + b. Lets mixed readers skip writing a normalised copy.
+        g = torch.stack([p[0] for p in self.ln1_params])  # [L, d]
+        beta = torch.stack([p[1] for p in self.ln1_params])
+        self.W_read_folded = (g[:, None, :, None] * self._W_read).contiguous()  # [L, R, d, dh]
+        self.c_read_folded = self.W_read_folded.sum(2)  # [L, R, dh]
+        self.b_read_folded = torch.einsum("ld,lrde->lre", beta, self._W_read) + self._b_read
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token ids ``[B, P]`` -> the ``input`` writer's output ``[B, P, d]``."""
@@ -205,6 +221,7 @@ def _build(model: Any) -> Arch:
         b_out=torch.stack([p.bias.detach() for p in proj]),
         act=ACT2FN[hcfg.activation_function],
         ln1=[_layer_norm(b.ln_1) for b in tr.h],
+        ln1_params=[_ln_params(b.ln_1) for b in tr.h],
         ln2=[_layer_norm(b.ln_2) for b in tr.h],
         ln_final=_layer_norm(tr.ln_f),
         W_E=_unwrap(tr.wte).weight.detach(),
