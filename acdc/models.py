@@ -155,17 +155,51 @@ def prepare_bridge(bridge: Any, spec: str = "model") -> Any:
     return bridge
 
 
-def word_level_tokenizer(vocab: list[str], *, bos: str | None = None, unk: str | None = None) -> Any:
-    """A Hugging Face fast tokenizer over whitespace-separated words (used by the zoo and for random models)."""
+def word_level_tokenizer(
+    vocab: list[str],
+    *,
+    bos: str | None = None,
+    unk: str | None = None,
+    pad: str | None = None,
+    punctuation: bool = False,
+    chat_template: str | None = None,
+    atomic: tuple[str, ...] = (),
+) -> Any:
+    """A Hugging Face fast tokenizer over whitespace-separated words (used by the zoo and for random models).
+
+    ``punctuation=True`` also splits punctuation off words ("store," -> "store", ","); ``chat_template`` (Jinja,
+    as in Hugging Face tokenizers) makes ``apply_chat_template`` work, so chat-style tasks run on zoo models;
+    ``atomic`` words (e.g. chat role markers ``<user>``) are never split.
+    """
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     ids = {w: i for i, w in enumerate(vocab)}
     unk = unk or vocab[0]
     tok = Tokenizer(models.WordLevel(ids, unk_token=unk))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    split = pre_tokenizers.WhitespaceSplit()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([split, pre_tokenizers.Punctuation()]) if punctuation else split
+    tok.add_special_tokens(list(atomic))
     bos = bos or vocab[0]
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=bos, unk_token=unk, pad_token=bos)
+    out = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=bos, eos_token=bos, unk_token=unk, pad_token=pad or bos
+    )
+    if chat_template is not None:
+        out.chat_template = chat_template
+    return out
+
+
+def word_level_vocab(texts: list[str], *, punctuation: bool = True) -> list[str]:
+    """The distinct words of ``texts`` in first-seen order, split as :func:`word_level_tokenizer` splits them."""
+    from tokenizers import pre_tokenizers
+
+    split = pre_tokenizers.WhitespaceSplit()
+    pre = pre_tokenizers.Sequence([split, pre_tokenizers.Punctuation()]) if punctuation else split
+    seen: dict[str, None] = {}
+    for t in texts:
+        for w, _ in pre.pre_tokenize_str(t):
+            seen.setdefault(w, None)
+    return list(seen)
 
 
 def bridge_from_hf(

@@ -268,7 +268,7 @@ def train_induction(out_dir: Path, *, seed: int, progress: bool = True, recipe: 
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     vocab = list(SPECIAL_TOKENS) + [f"t{i}" for i in range(N_CONTENT_TOKENS)]
-    word_level_tokenizer(vocab, bos=BOS_TOKEN, unk="<unk>").save_pretrained(out_dir)
+    word_level_tokenizer(vocab, bos=BOS_TOKEN, unk="<unk>", pad="<pad>").save_pretrained(out_dir)
     meta = {
         "name": "toy-induction",
         "seed": seed,

@@ -9,6 +9,7 @@ into place at the end, so an interrupted run leaves no half-written model behind
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import shutil
@@ -19,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from acdc.errors import UnknownZooModel
-from acdc.zoo.induction import train_induction
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +35,18 @@ TrainFn = Callable[..., dict[str, Any]]
 
 @dataclass(frozen=True)
 class ZooSpec:
-    """One zoo entry: its name, a one-line description, how to train it, and the seed it is trained from."""
+    """One zoo entry: its name, a one-line description, its trainer ("module:function", imported only when
+    training is needed) and the seed it is trained from."""
 
     name: str
     description: str
-    train: TrainFn
+    trainer: str
     seed: int = 0
+
+    @property
+    def train(self) -> TrainFn:
+        module, _, fn = self.trainer.partition(":")
+        return getattr(importlib.import_module(module), fn)  # type: ignore[no-any-return]
 
 
 ZOO: dict[str, ZooSpec] = {
@@ -52,7 +58,25 @@ ZOO: dict[str, ZooSpec] = {
                 "2-layer attention-only GPT-2 (d_model 64, 4 heads) trained on repeated random token "
                 "segments; has a previous-token head in layer 0 and induction heads in layer 1"
             ),
-            train=train_induction,
+            trainer="acdc.zoo.induction:train_induction",
+            seed=0,
+        ),
+        ZooSpec(
+            name="toy-ioi",
+            description=(
+                "small GPT-2 trained on the IOI templates of tasks/ioi.yaml (some templates held out); "
+                "predicts the indirect object"
+            ),
+            trainer="acdc.zoo.ioi:train_ioi",
+            seed=0,
+        ),
+        ZooSpec(
+            name="toy-refusal",
+            description=(
+                "small GPT-2 chat model trained on the synthetic refusal templates of tasks/refusal.yaml; refuses "
+                "harmful requests and complies with harmless ones"
+            ),
+            trainer="acdc.zoo.refusal:train_refusal",
             seed=0,
         ),
     )
