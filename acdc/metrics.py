@@ -2,7 +2,9 @@
 
 Every metric takes logits ``[..., B, P, V]`` (any leading dimensions, e.g. K masks), a boolean ``positions [B, P]``
 selecting the positions read, and token ids ``[B, P]`` (answers / wrong answers at those positions; other entries are
-ignored). It returns one value per prompt, ``[..., B]``: the mean over that prompt's selected positions. Averaging
+ignored) — or ``[B, P, A]`` for a *set* of A answers per position (padded with -1), whose logit is the logsumexp of
+its members' logits (so a set's log-probability is the log of its summed probabilities). It returns one value per
+prompt, ``[..., B]``: the mean over that prompt's selected positions. Averaging
 over prompts is left to the caller so that bootstrap intervals can resample prompts.
 """
 
@@ -13,6 +15,7 @@ from collections.abc import Callable
 import torch
 
 from acdc.errors import ShapeError
+from acdc.types import TaskData
 
 
 def _check(logits: torch.Tensor, positions: torch.Tensor, *ids: torch.Tensor | None) -> torch.Tensor:
@@ -24,8 +27,8 @@ def _check(logits: torch.Tensor, positions: torch.Tensor, *ids: torch.Tensor | N
     if not bool(positions.any(-1).all()):
         raise ShapeError("every prompt needs at least one position to read the metric at")
     for t in ids:
-        if t is not None and tuple(t.shape) != bp:
-            raise ShapeError(f"token ids must be [batch, pos] = {list(bp)}, got {list(t.shape)}")
+        if t is not None and tuple(t.shape[:2]) != bp or t is not None and t.dim() not in (2, 3):
+            raise ShapeError(f"token ids must be [batch, pos] = {list(bp)} or [batch, pos, set], got {list(t.shape)}")
     return positions.to(logits.device)
 
 
@@ -39,9 +42,17 @@ def _reduce(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     return (values * w).sum(-1) / w.sum(-1)
 
 
-def _at(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    ids = ids.to(x.device).clamp_min(0).expand(*x.shape[:-1])
-    return x.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+def _at(x: torch.Tensor, ids: torch.Tensor, *, probs: bool = False) -> torch.Tensor:
+    """x[..., b, p, ids[b, p]]; for answer sets ``ids [B, P, A]`` the logsumexp over the set (the sum for
+    probabilities), ignoring -1 padding."""
+    ids = ids.to(x.device)
+    if ids.dim() == 2:
+        return x.gather(-1, ids.clamp_min(0).expand(*x.shape[:-1]).unsqueeze(-1)).squeeze(-1)
+    vals = x.gather(-1, ids.clamp_min(0).expand(*x.shape[:-1], ids.shape[-1]))
+    pad = (ids < 0).expand_as(vals)
+    if probs:
+        return vals.masked_fill(pad, 0.0).sum(-1)
+    return vals.masked_fill(pad, float("-inf")).logsumexp(-1)
 
 
 def logit_diff(
@@ -58,7 +69,7 @@ def prob_diff(
     """p(answer) - p(wrong answer)."""
     pos = _check(logits, positions, answers, wrong)
     p = _wide(logits).softmax(-1)
-    return _reduce(_at(p, answers) - _at(p, wrong), pos)
+    return _reduce(_at(p, answers, probs=True) - _at(p, wrong, probs=True), pos)
 
 
 def answer_logprob(logits: torch.Tensor, positions: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
@@ -93,3 +104,19 @@ METRICS: dict[str, Callable[..., torch.Tensor]] = {
     "logprob": answer_logprob,
     "kl": kl_divergence,
 }
+
+
+def task_metric(data: TaskData, logits: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+    """The metric ``data.metric`` of a task on ``logits [..., B, P, V]``, one value per prompt ``[..., B]``.
+
+    ``reference`` (clean logits) is needed only for ``kl``.
+    """
+    if data.metric == "kl":
+        if reference is None:
+            raise ShapeError("the kl metric needs the clean model's logits as reference")
+        return kl_divergence(logits, reference, data.positions)
+    if data.metric == "logprob":
+        return answer_logprob(logits, data.positions, data.answers)
+    if data.wrong is None:
+        raise ShapeError(f"metric {data.metric} needs wrong-answer token ids")
+    return METRICS[data.metric](logits, data.positions, data.answers, data.wrong)

@@ -129,6 +129,7 @@ def load_model(
             else:
                 os.environ["HF_HUB_OFFLINE"] = env_before
     prepare_bridge(bridge, spec)
+    bridge.acdc_spec = spec  # which task dataset / token range fits this model (see Task.build)
     return bridge
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, get_args
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
 
 import torch
 
@@ -20,7 +20,11 @@ class TaskData:
     clean / corrupt: token ids ``[B, P]`` of the prompts and their counterfactuals (same shape).
     positions: bool ``[B, P]``, the positions the metric reads.
     answers / wrong: token ids ``[B, P]`` expected (and, for difference metrics, the wrong answer) at those
-    positions; entries elsewhere are ignored.
+    positions, or ``[B, P, A]`` for a set of answers (padded with -1); entries elsewhere are ignored.
+    lengths: ``[B]`` real length of each prompt (prompts are right-padded to ``P``; causal attention means padding
+    never changes the positions before it).
+    texts: the (clean, counterfactual) texts when the task is built from text.
+    info: how the data was built (task, split, seed, dataset, counterfactual rule, n).
     """
 
     clean: torch.Tensor
@@ -30,6 +34,9 @@ class TaskData:
     wrong: torch.Tensor | None
     metric: MetricName
     description: str = ""
+    lengths: torch.Tensor | None = None
+    texts: list[tuple[str, str]] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.clean.shape[0])

@@ -17,6 +17,8 @@ EXAMPLES_RUN = """
 Examples:
   acdc run induction
   acdc run induction --model zoo:toy-induction --n 128 --ablation mean
+  acdc run ioi --split test --counterfactual s2-io-flip
+  acdc run path/to/my_task.yaml
 """
 
 
@@ -96,23 +98,172 @@ def zoo_train(name: str, force: bool) -> None:
     click.echo(f"zoo:{name} ready at {path}")
 
 
+# ---- tasks ------------------------------------------------------------------------------------------------------
+@main.group(cls=_Group)
+def tasks() -> None:
+    """The task registry: built-in tasks (ioi, induction, refusal) and your own YAML task files.
+
+    \b
+    Examples:
+      acdc tasks list
+      acdc tasks show ioi
+      acdc tasks validate my_task.yaml --model zoo:toy-ioi
+    """
+
+
+@tasks.command("list")
+def tasks_list() -> None:
+    """List the built-in tasks with their default models.
+
+    \b
+    Example:
+      acdc tasks list
+    """
+    from acdc.task import get_task, list_tasks
+
+    for name in list_tasks():
+        t = get_task(name)
+        first = t.description.split(". ")[0].rstrip(".")
+        click.echo(f"{name:<12} {t.default_model:<20} {first}")
+
+
+def _describe(t: Any) -> list[str]:
+    from acdc.task_schema import PairsDataset, RepeatedTokensDataset, TemplatesDataset
+
+    sp = t.spec
+    out = [f"task        {t.name}" + (f"  ({t.path})" if t.path else ""), f"description {t.description}"]
+    written = "".join(f"; written for {m.name}" + (f" -> dataset {m.dataset}" if m.dataset else "")
+                      for m in sp.models.written_for)
+    out.append(f"model       {sp.models.default} (default){written}")
+    for name, ds in sp.all_datasets().items():
+        mark = " (default)" if name == sp.default_dataset_name and len(sp.all_datasets()) > 1 else ""
+        if isinstance(ds, TemplatesDataset):
+            words = ", ".join(f"{k} ({len(v)})" for k, v in ds.words.items())
+            what = f"{len(ds.templates)} templates; slots {', '.join(ds.slots)}; words {words}"
+        elif isinstance(ds, RepeatedTokensDataset):
+            rng = list(ds.token_range) if ds.token_range else "the vocabulary"
+            what = (f"segments {ds.segment_length[0]}-{ds.segment_length[1]}, filler {ds.filler_length[0]}-"
+                    f"{ds.filler_length[1]}, tokens from {rng}")
+        else:
+            assert isinstance(ds, PairsDataset)
+            what = f"pairs from {ds.path}"
+        chat = ", chat template" if getattr(ds, "chat_template", False) else ""
+        out.append(f"dataset     {name}{mark}: {ds.kind}{chat}; {what}")
+    for name, rule in sp.counterfactuals.items():
+        mark = " (default)" if name == sp.default_counterfactual_name else ""
+        out.append(f"counterfact {name}{mark}: {rule.description}")
+    s = sp.splits
+    out.append(f"metric      {sp.metric.name} at {sp.metric.positions} positions")
+    out.append(f"defaults    n {sp.defaults.n}, seed {sp.defaults.seed}, ablation {sp.defaults.ablation}; splits "
+               f"train {s.train:g} / validation {s.validation:g} / test {s.test:g}")
+    return out
+
+
+@tasks.command("show")
+@click.argument("task")
+@click.option("--model", "model_spec", default=None, help="Model to build the example for (default: the task's).")
+@click.option("--n", "n_prompts", default=32, show_default=True, type=click.IntRange(1),
+              help="Prompts for the baseline metric.")
+@click.option("--dataset", default=None, help="Dataset of the task to use (default: the task's choice for the model).")
+def tasks_show(task: str, model_spec: str | None, n_prompts: int, dataset: str | None) -> None:
+    """Show TASK (a name or a YAML path): its fields, one rendered pair with its tokens, and the model's baseline
+    metric on clean and counterfactual prompts.
+
+    \b
+    Examples:
+      acdc tasks show ioi
+      acdc tasks show induction --model zoo:toy-induction --n 64
+    """
+    import torch
+
+    from acdc import load_model
+    from acdc.metrics import task_metric
+    from acdc.task import get_task
+
+    t = get_task(task)
+    for line in _describe(t):
+        click.echo(line)
+    spec = model_spec or t.default_model
+    model = load_model(spec)
+    data = t.build(model, n_prompts, dataset=dataset)
+    tok = model.tokenizer
+    L = int(data.lengths[0]) if data.lengths is not None else data.clean.shape[1]
+    click.echo(f"\nexample pair ({spec}, split train):")
+    if data.texts:
+        click.echo(f"  clean          {data.texts[0][0]!r}")
+        click.echo(f"  counterfactual {data.texts[0][1]!r}")
+    for label, ids in (("clean", data.clean[0, :L]), ("counterfactual", data.corrupt[0, :L])):
+        toks = tok.convert_ids_to_tokens(ids.tolist())
+        shown = " ".join(f"{w}({i})" for w, i in zip(toks, ids.tolist(), strict=True))
+        click.echo(f"  {label + ' tokens':<22}{shown}")
+    pos = data.positions[0].nonzero().flatten().tolist()
+    ans = data.answers[0, pos[0]].flatten().tolist()
+    ans = [a for a in ans if a >= 0]
+    line = f"  metric reads positions {pos[:8]}{'...' if len(pos) > 8 else ''}; answer {tok.convert_ids_to_tokens(ans)}"
+    if data.wrong is not None:
+        w = [x for x in data.wrong[0, pos[0]].flatten().tolist() if x >= 0]
+        line += f", wrong {tok.convert_ids_to_tokens(w)}"
+    click.echo(line)
+    with torch.no_grad():
+        lc, lk = model(data.clean), model(data.corrupt)
+    mc, mk = task_metric(data, lc, lc), task_metric(data, lk, lc)
+    click.echo(f"\nbaseline on {len(data)} prompts: metric ({data.description})")
+    click.echo(f"  clean          {float(mc.mean()):+.4f} (std {float(mc.std()):.4f})")
+    click.echo(f"  counterfactual {float(mk.mean()):+.4f} (std {float(mk.std()):.4f})")
+
+
+@tasks.command("validate")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--model", "model_spec", default=None,
+              help="Also build every dataset for this model (checks answers are single tokens, lengths match).")
+@click.option("--n", "n_prompts", default=16, show_default=True, type=click.IntRange(1),
+              help="Pairs to build per dataset and split with --model.")
+def tasks_validate(file: str, model_spec: str | None, n_prompts: int) -> None:
+    """Check the task file FILE; with --model, also build it for that model.
+
+    Exits 0 and prints a summary if the file is valid, else prints one line naming the field (and its line) and
+    exits 2.
+
+    \b
+    Examples:
+      acdc tasks validate my_task.yaml
+      acdc tasks validate my_task.yaml --model zoo:toy-ioi
+    """
+    from acdc.task import get_task
+
+    t = get_task(file if file.endswith((".yaml", ".yml")) or "/" in file else f"./{file}")
+    for line in _describe(t):
+        click.echo(line)
+    if model_spec:
+        from acdc import load_model
+
+        model = load_model(model_spec)
+        for dname, ds in t.spec.all_datasets().items():
+            for split in ("train", "validation", "test"):
+                n = None if ds.kind == "pairs" else n_prompts
+                d = t.build(model, n, split=split, dataset=dname)
+                click.echo(f"built {len(d)} pairs of dataset {dname}, split {split}, for {model_spec}: "
+                           f"{d.clean.shape[1]} tokens max")
+    click.echo(f"ok: {file} is a valid task file" + ("" if model_spec else " (add --model M to build it too)"))
+
+
 # ---- run --------------------------------------------------------------------------------------------------------
-TASKS_AVAILABLE = ("induction",)
-
-
 @main.command("run", epilog=EXAMPLES_RUN)
 @click.argument("task")
 @click.option(
     "--model", "model_spec", default=None, help="Model spec: zoo:NAME, a local HF checkpoint dir, or a hub name."
 )
-@click.option("--n", "n_prompts", default=64, show_default=True, type=click.IntRange(1), help="Number of prompts.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed for the prompts.")
+@click.option("--n", "n_prompts", default=None, type=click.IntRange(1), help="Number of prompts [task default].")
+@click.option("--seed", default=None, type=int, help="Seed for the prompts [task default].")
+@click.option("--split", default="train", show_default=True, type=click.Choice(["train", "validation", "test"]))
+@click.option("--counterfactual", default=None, help="Counterfactual rule of the task [task default].")
 @click.option(
-    "--ablation", type=click.Choice(["patch", "mean", "zero"]), default="patch", show_default=True,
-    help="What replaces edges outside the circuit.",
+    "--ablation", type=click.Choice(["patch", "mean", "zero"]), default=None,
+    help="What replaces edges outside the circuit [task default].",
 )
-def run(task: str, model_spec: str | None, n_prompts: int, seed: int, ablation: str) -> None:
-    """Evaluate the full and the empty circuit of TASK on its default model, with the exact masked forward.
+def run(task: str, model_spec: str | None, n_prompts: int | None, seed: int | None, split: str,
+        counterfactual: str | None, ablation: str | None) -> None:
+    """Evaluate the full and the empty circuit of TASK (a name or a YAML path) with the exact masked forward.
 
     Prints the task metric of the clean and counterfactual runs and of the full and empty circuits, with their
     normalised faithfulness (1 = all behaviour recovered, 0 = none) and KL divergence from the clean model.
@@ -120,19 +271,16 @@ def run(task: str, model_spec: str | None, n_prompts: int, seed: int, ablation: 
     import torch
 
     from acdc import Circuit, Graph, ablation_cache, load_model, masked_forward
-    from acdc.errors import InputError
-    from acdc.metrics import answer_logprob, faithfulness, kl_divergence
+    from acdc.metrics import faithfulness, kl_divergence, task_metric
+    from acdc.task import get_task
 
-    if task not in TASKS_AVAILABLE:
-        raise InputError(f"unknown task '{task}'; available: {', '.join(TASKS_AVAILABLE)}")
-    from acdc.tasks import build_induction
-
-    spec = model_spec or "zoo:toy-induction"
+    t = get_task(task)
+    spec = model_spec or t.default_model
+    ablation = ablation or t.spec.defaults.ablation
     model = load_model(spec)
     graph = Graph.from_model(model)
-    data = build_induction(model, n_prompts, seed=seed)
-    clean, corrupt = data.clean, data.corrupt
-    pos, ans = data.positions, data.answers
+    data = t.build(model, n_prompts, seed=seed, split=split, counterfactual=counterfactual)
+    clean, corrupt, pos = data.clean, data.corrupt, data.positions
     with torch.no_grad():
         m_clean = model(clean)
         m_corrupt = model(corrupt)
@@ -140,10 +288,10 @@ def run(task: str, model_spec: str | None, n_prompts: int, seed: int, ablation: 
         full, empty = Circuit.full(graph), Circuit.empty(graph)
         masks = torch.stack([full.mask, empty.mask]).float()
         logits = masked_forward(model, graph, clean, cache, masks)
-    metric = answer_logprob(logits, pos, ans).mean(-1)
+    metric = task_metric(data, logits, m_clean).mean(-1)
     kl = kl_divergence(logits, m_clean, pos).mean(-1)
-    base_clean = float(answer_logprob(m_clean, pos, ans).mean())
-    base_corrupt = float(answer_logprob(m_corrupt, pos, ans).mean())
+    base_clean = float(task_metric(data, m_clean, m_clean).mean())
+    base_corrupt = float(task_metric(data, m_corrupt, m_clean).mean())
     f = faithfulness(metric, metric[1], metric[0])
 
     cfg = model.cfg
@@ -152,8 +300,8 @@ def run(task: str, model_spec: str | None, n_prompts: int, seed: int, ablation: 
         f"{graph.n_dst} readers, {graph.n_edges} edges"
     )
     click.echo(
-        f"task {task} · {clean.shape[0]} prompts x {clean.shape[1]} tokens · metric: {data.description} · "
-        f"ablation: {ablation}"
+        f"task {t.name} · {clean.shape[0]} prompts x {clean.shape[1]} tokens ({split} split) · metric: "
+        f"{data.description} · ablation: {ablation}"
     )
     click.echo(f"{'':28}{'metric':>10}{'faithfulness':>14}{'KL(clean||.)':>14}")
     click.echo(f"{'clean model':28}{base_clean:>10.4f}")
