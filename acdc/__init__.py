@@ -7,6 +7,8 @@ from acdc.errors import AcdcError, InputError
 from acdc.graph import Circuit, Graph, prune_dangling
 from acdc.models import load_model
 from acdc.patching import AblationCache, ablation_cache, masked_forward, run_with_writers
+from acdc.task import Task, get_task, list_tasks
+from acdc.types import TaskData
 
 __all__ = [
     "AblationCache",
@@ -14,7 +16,11 @@ __all__ = [
     "Circuit",
     "Graph",
     "InputError",
+    "Task",
+    "TaskData",
     "ablation_cache",
+    "get_task",
+    "list_tasks",
     "load_model",
     "masked_forward",
     "prune_dangling",

@@ -53,7 +53,8 @@ def word_model(texts: list[str], *, seed: int = 0, n_ctx: int = 64):
     vocab = sp + [w for w in word_level_vocab(texts) if w not in sp]
     tok = word_level_tokenizer(vocab, bos="<bos>", unk="<unk>", pad="<pad>", punctuation=True,
                                atomic=("<user>", "<assistant>"), chat_template=CHAT)
-    return bridge_from_hf(random_gpt2_hf(n_layer=2, n_head=2, d_model=16, vocab=len(vocab), n_ctx=n_ctx, seed=seed), tok)
+    hf = random_gpt2_hf(n_layer=2, n_head=2, d_model=16, vocab=len(vocab), n_ctx=n_ctx, seed=seed)
+    return bridge_from_hf(hf, tok)
 
 
 def task_words(*names: str) -> list[str]:

@@ -14,7 +14,7 @@ import torch
 import yaml
 from acdc.cli.main import main
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from acdc.errors import AcdcError, InputError
@@ -287,14 +287,16 @@ def test_fuzz_mutated_fields(data, words_model):
         else:
             parent[path[-1]] = data.draw(junk)
     got = _load_or_error(yaml.safe_dump(doc))
+    event("rejected by validation" if got is None else "valid")
     if got is not None:  # a mutation that still validates must build or fail with the project's own error
         from acdc.task import Task
 
         spec, lines = got
         try:
             Task(spec, lines, path=builtin_dir() / "fuzz.yaml").build(words_model, 4)
+            event("built")
         except AcdcError:
-            pass
+            event("build refused with the project's error")
 
 
 # ---- CLI --------------------------------------------------------------------------------------------------------
