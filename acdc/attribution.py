@@ -1,0 +1,385 @@
+"""Attribution patching: a score for every edge (or node) from a few forward/backward passes.
+
+Every score is in metric units and estimates the change of the task metric M when the edge is ablated,
+``M(without u->v) - M(full)``; negative means the edge supports the metric. Scores are averaged over prompts.
+
+- ``eap`` (Syed et al. 2023): ``(ã_u - a_u) · ∂M/∂in_v`` with the gradient on the clean run; this equals
+  ``-∂M/∂m_uv`` at ``m = 1`` (tested against autograd through the masked forward).
+- ``eap-ig-inputs`` (alias ``eap-ig``; Hanna et al. 2024): the gradient averaged over ``steps`` runs whose input
+  embeddings are ``ẽ + α (e - ẽ)``, ``α = j / steps`` for ``j = 1..steps`` (right-endpoint rule: the clean run is
+  included, the counterfactual excluded, so one step is exactly ``eap``), times the same ``ã_u - a_u``.
+- ``eap-ig-activations``: for each writer group (the input, one layer's heads, one layer's MLP) in turn, the
+  group's outputs are set to ``ã + α (a - ã)`` (same α grid) and the gradient on every reader downstream is
+  averaged; scores of edges leaving that group use it. ``steps x (2L + 1)`` passes.
+- ``clean-corrupted``: the average of the gradients on the clean and on the counterfactual run (patch ablation).
+- ``mask-ig``: integrated gradients along the mask path, ``-mean_j ∂M/∂m`` at ``m = (j / steps) · 1`` — the
+  masked forward differentiated directly (not the EAP-IG of the literature; named for what it is).
+- ``exact``: one masked forward per edge (batched, K masks per pass): ``M(without the edge) - M(full)``.
+
+Node level (``level="node"``) scores whole writers: for the gradient methods the first-order effect of ablating a
+writer is the sum of its outgoing edges' scores (``∂M/∂a_u = Σ_v ∂M/∂in_v``), so node scores are exactly row sums;
+``exact`` ablates all of a writer's outgoing edges at once (not a sum of edge effects).
+
+How it is fast: one plain forward with autograd (no per-head inputs are formed), one backward, then per layer the
+gradient on each head's q/k/v input is recovered from the gradient on its q/k/v vectors by the head's projection and
+the layer norm's backward, ``g_v = LN'(x)^T (W_v g_qkv)``, and all edges into a layer's readers are scored by one
+matmul ``(ã - a)[:U] @ g^T`` over the prompt/position/feature axes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+import torch
+from torch.nn import functional as F
+
+from acdc.arch import Arch, get_arch
+from acdc.errors import InputError
+from acdc.graph import Graph
+from acdc.metrics import task_metric
+from acdc.patching import AblationCache, _check_graph, _check_tokens, _plain, ablation_cache, masked_forward
+from acdc.types import ABLATIONS, Ablation, TaskData
+
+Method = Literal["eap", "eap-ig-inputs", "eap-ig", "eap-ig-activations", "clean-corrupted", "mask-ig", "exact"]
+METHODS: tuple[str, ...] = get_args(Method)
+Level = Literal["edge", "node"]
+GRADIENT_METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted")
+
+
+@dataclass(eq=False)
+class EdgeScores:
+    """Scores of every edge ``[n_src, n_dst]`` (or every writer ``[n_src]`` at node level), in metric units.
+
+    A score estimates ``M(ablated) - M(full)``: negative means the edge (node) supports the metric. Entries for
+    invalid edges are 0.
+    """
+
+    graph: Graph
+    scores: torch.Tensor
+    method: str
+    level: Level = "edge"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def ranked(self, *, absolute: bool = True) -> list[tuple[str, float]]:
+        """(name, score) of every edge (node), most important first: by |score|, or by -score (most supportive
+        first) with ``absolute=False``."""
+        s = self.scores.double()
+        if self.level == "edge":
+            flat = s[self.graph.valid]
+            names = self.graph.edge_names()
+        else:
+            flat = s
+            names = list(self.graph.src_names)
+        key = flat.abs() if absolute else -flat
+        order = torch.argsort(key, descending=True, stable=True)
+        return [(names[i], float(flat[i])) for i in order.tolist()]
+
+    def top(self, k: int = 20, *, absolute: bool = True) -> list[tuple[str, float]]:
+        return self.ranked(absolute=absolute)[:k]
+
+    def edge_vector(self) -> torch.Tensor:
+        """Scores of the valid edges in ``graph.edge_names()`` order."""
+        if self.level != "edge":
+            raise InputError("node-level scores have no edge vector")
+        return self.scores[self.graph.valid]
+
+
+# ---- the gradient pass ----------------------------------------------------------------------------------------------
+def _ln_backward(g: torch.Tensor, xhat: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
+    """Gradient on a layer norm's input from the gradient on its normalised output ``g`` (gamma already applied)."""
+    return rstd * (g - g.mean(-1, keepdim=True) - xhat * (g * xhat).mean(-1, keepdim=True))
+
+
+def _grad_scores(
+    arch: Arch,
+    graph: Graph,
+    x0: torch.Tensor,
+    metric: Callable[[torch.Tensor], torch.Tensor],
+    abl: torch.Tensor,
+    delta: torch.Tensor | None = None,
+    override: tuple[int, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """``Σ_{b,p} δ_u · ∂M/∂in_v`` for every edge, from one forward (from input embeddings ``x0 [B, P, d]``) and one
+    backward.
+
+    ``δ = delta`` if given (``[S, B, P, d]``), else ``abl - a`` with ``a`` the writer outputs of this very pass (EAP).
+    ``override = (group, values)`` replaces the outputs of writer group ``group`` (0 = input, 1 + 2l = heads of layer
+    l, 2 + 2l = MLP l) by ``values`` (eap-ig-activations).
+    """
+    B, P, d = x0.shape
+    H, G, dh, L = arch.n_heads, arch.n_kv_heads, arch.d_head, arch.n_layers
+    S = graph.n_src
+    own = delta is None
+    store = torch.empty(S, B, P, d, dtype=arch.dtype, device=arch.device) if own else None
+    saved: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    mlp_ins: list[torch.Tensor] = []
+
+    def out(group: int, w0: int, value: torch.Tensor) -> torch.Tensor:
+        if override is not None and override[0] == group:
+            # the group's outputs take the given values; gradients still flow to what computed them (unused)
+            value = value + (override[1].to(value.dtype) - value).detach()
+        if store is not None:
+            store[w0 : w0 + value.shape[0]] = value.detach()
+        return value
+
+    with torch.enable_grad():
+        x = x0.detach().requires_grad_(True)
+        resid = out(0, 0, x.unsqueeze(0))[0]
+        for layer in range(L):
+            gamma, beta, eps = arch.ln1_params[layer]
+            with torch.no_grad():
+                r = resid.detach()
+                mu = r.mean(-1, keepdim=True)
+                rstd = torch.rsqrt(r.var(-1, keepdim=True, unbiased=False) + eps)
+                xhat = (r - mu) * rstd
+            qkv = F.layer_norm(resid, (d,), gamma, beta, eps) @ arch.W_Q_fused[layer] + arch.b_Q_fused[layer]
+            qkv.retain_grad()
+            saved.append((qkv, xhat, rstd, mu))
+            q, k, v = qkv.split([H * dh, G * dh, G * dh], dim=-1)
+            q, k, v = (t.reshape(B, P, -1, dh).permute(2, 0, 1, 3) for t in (q, k, v))
+            z = arch.attention(q, k, v)
+            w0 = graph.head_writer(layer, 0)
+            heads = out(1 + 2 * layer, w0, torch.bmm(z.reshape(H, B * P, dh), arch.W_O[layer]).view(H, B, P, d))
+            resid = resid + heads.sum(0) + arch.b_O[layer]
+            m_in = resid.view_as(resid)
+            m_in.retain_grad()
+            mlp_ins.append(m_in)
+            mlp = out(2 + 2 * layer, graph.mlp_writer(layer), arch.mlp(layer, arch.ln2[layer](m_in)).unsqueeze(0))
+            resid = resid + mlp[0]
+        f_in = resid.view_as(resid)
+        f_in.retain_grad()
+        logits = arch.unembed(arch.ln_final(f_in))
+        value = metric(logits)
+        value.backward()
+
+    with torch.no_grad():
+        dlt = abl - store if store is not None else delta  # [S, B, P, d] (abl may broadcast)
+        assert dlt is not None
+        dlt = dlt.expand(S, B, P, d).reshape(S, -1)
+        scores = torch.zeros(S, graph.n_dst, dtype=torch.float64, device=arch.device)
+        for layer in range(L):
+            qkv, xhat, rstd, _ = saved[layer]
+            assert qkv.grad is not None
+            g = qkv.grad.reshape(B * P, -1, dh).transpose(0, 1)  # [R, BP, dh]
+            gx = torch.bmm(g, arch.W_read_folded[layer].transpose(1, 2))  # [R, BP, d]
+            gin = _ln_backward(gx, xhat.reshape(1, B * P, d), rstd.reshape(1, B * P, 1))
+            U = graph.n_upstream_attn(layer)
+            scores[:U, graph.attn_readers(layer)] = (dlt[:U] @ gin.reshape(gin.shape[0], -1).t()).double()
+            U = graph.n_upstream_mlp(layer)
+            gm = mlp_ins[layer].grad
+            assert gm is not None
+            scores[:U, graph.mlp_reader(layer)] = (dlt[:U] @ gm.reshape(-1)).double()
+        assert f_in.grad is not None
+        scores[:, graph.logits_index] = (dlt @ f_in.grad.reshape(-1)).double()
+    return scores
+
+
+# ---- public API ---------------------------------------------------------------------------------------------------
+def attribute(
+    model: Any,
+    graph: Graph,
+    data: TaskData,
+    method: str = "eap-ig-inputs",
+    *,
+    ablation: Ablation = "patch",
+    steps: int = 5,
+    level: Level = "edge",
+    batch_size: int = 32,
+    exact_batch: int = 32,
+    progress: bool = True,
+) -> EdgeScores:
+    """Score every edge (``level="edge"``) or writer (``level="node"``) of ``graph`` on the task ``data``.
+
+    Args:
+        model: a model from :func:`acdc.load_model`.
+        graph: ``Graph.from_model(model)``.
+        data: prompts from ``Task.build``; the metric is ``data.metric`` (prompt-averaged).
+        method: one of ``eap``, ``eap-ig-inputs`` (= ``eap-ig``), ``eap-ig-activations``, ``clean-corrupted``,
+            ``mask-ig``, ``exact``.
+        ablation: ``patch`` (the counterfactual prompts), ``mean`` (writer means over the counterfactual prompts) or
+            ``zero``. ``clean-corrupted`` needs ``patch``.
+        steps: interpolation steps of the integrated-gradient methods.
+        batch_size: prompts per pass (memory grows linearly with it).
+        exact_batch: masks per masked forward for ``exact``.
+        progress: show a progress bar.
+
+    Returns:
+        :class:`EdgeScores` in metric units, averaged over prompts.
+    """
+    from tqdm.auto import tqdm
+
+    if method not in METHODS:
+        raise InputError(f"unknown attribution method '{method}'; choose one of {', '.join(METHODS)}")
+    if method == "eap-ig":
+        method = "eap-ig-inputs"
+    if ablation not in ABLATIONS:
+        raise InputError(f"unknown ablation '{ablation}'; choose one of {', '.join(ABLATIONS)}")
+    if level not in ("edge", "node"):
+        raise InputError(f"unknown level '{level}'; use edge or node")
+    if steps < 1:
+        raise InputError(f"steps must be at least 1, got {steps}")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    if method == "clean-corrupted" and ablation != "patch":
+        raise InputError("clean-corrupted takes gradients on the counterfactual run, so it needs ablation 'patch'")
+    if method == "eap" and data.metric == "kl":
+        raise InputError("the kl metric has zero gradient at the clean run, so EAP scores would all be 0; use a task "
+                         "metric (logit_diff, prob_diff, logprob) or eap-ig-inputs")
+    arch = get_arch(model)
+    _check_graph(graph, arch)
+    clean = _check_tokens("clean", data.clean, arch, model)
+    corrupt = _check_tokens("corrupt", data.corrupt, arch, model)
+    if clean.shape != corrupt.shape:
+        raise InputError(f"clean {list(clean.shape)} and counterfactual {list(corrupt.shape)} prompts differ in shape")
+    n = clean.shape[0]
+    mean_cache = None
+    if ablation == "mean":
+        mean_cache = ablation_cache(model, graph, corrupt, "mean")
+    elif ablation == "zero":
+        mean_cache = ablation_cache(model, graph, None, "zero")
+
+    batches = [(i, min(n, i + batch_size)) for i in range(0, n, batch_size)]
+    per_batch = {"eap": 1, "eap-ig-inputs": steps, "clean-corrupted": 2, "mask-ig": steps,
+                 "eap-ig-activations": steps * (2 * arch.n_layers + 1)}.get(method, 0)
+    if method == "exact":
+        n_masks = graph.n_edges if level == "edge" else graph.n_src
+        per_batch = math.ceil((n_masks + 1) / exact_batch)
+    total = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.float64) if level == "edge" or method != "exact" \
+        else torch.zeros(graph.n_src, dtype=torch.float64)
+    bar = tqdm(total=len(batches) * per_batch, desc=f"{method} scores", unit="pass", disable=not progress,
+               leave=False)
+    for lo, hi in batches:
+        sub = _subset(data, lo, hi)
+        cache = mean_cache if mean_cache is not None else ablation_cache(model, graph, sub.corrupt, "patch")
+        with torch.no_grad():
+            ref_logits, clean_run = _plain(arch, sub.clean.to(arch.device))
+
+        def metric(logits: torch.Tensor, sub: TaskData = sub, ref: torch.Tensor = ref_logits) -> torch.Tensor:
+            return task_metric(sub, logits, ref).mean()
+
+        if method == "exact":
+            part = _exact(model, graph, sub, cache, metric, level, exact_batch, bar)
+        elif method == "mask-ig":
+            part = _mask_ig(model, graph, sub, cache, metric, steps, bar)
+        else:
+            part = _gradient_method(arch, graph, method, sub, cache, clean_run, metric, steps, bar)
+        total += part.cpu() * ((hi - lo) / n)
+    bar.close()
+    if level == "node" and method != "exact":
+        total = (total * graph.valid.double()).sum(1)
+    meta = {"method": method, "ablation": ablation, "steps": steps if method in ("eap-ig-inputs", "mask-ig",
+            "eap-ig-activations") else None, "n_prompts": n, "metric": data.metric, "level": level,
+            "batch_size": batch_size}
+    return EdgeScores(graph, total * (graph.valid.double() if total.dim() == 2 else 1.0), method, level, meta)
+
+
+def _subset(data: TaskData, lo: int, hi: int) -> TaskData:
+    return TaskData(
+        clean=data.clean[lo:hi], corrupt=data.corrupt[lo:hi], positions=data.positions[lo:hi],
+        answers=data.answers[lo:hi], wrong=None if data.wrong is None else data.wrong[lo:hi], metric=data.metric,
+        description=data.description,
+    )
+
+
+def _gradient_method(
+    arch: Arch, graph: Graph, method: str, sub: TaskData, cache: AblationCache, clean_run: AblationCache,
+    metric: Callable[[torch.Tensor], torch.Tensor], steps: int, bar: Any,
+) -> torch.Tensor:
+    abl = cache.writers  # [S, B', P', d]
+    e = clean_run.writers[0]  # clean input embeddings [B, P, d]
+    if method == "eap":
+        s = _grad_scores(arch, graph, e, metric, abl)
+        bar.update(1)
+        return s
+    delta = abl - clean_run.writers
+    if method == "clean-corrupted":
+        s = _grad_scores(arch, graph, e, metric, abl, delta)
+        bar.update(1)
+        s += _grad_scores(arch, graph, abl[0].expand_as(e), metric, abl, delta)
+        bar.update(1)
+        return s / 2
+    alphas = [j / steps for j in range(1, steps + 1)]
+    if method == "eap-ig-inputs":
+        base = abl[0].expand_as(e)
+        s = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.float64, device=arch.device)
+        for a in alphas:
+            s += _grad_scores(arch, graph, base + a * (e - base), metric, abl, delta)
+            bar.update(1)
+        return s / steps
+    # eap-ig-activations: one writer group at a time
+    s = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.float64, device=arch.device)
+    H = arch.n_heads
+    groups = [(0, slice(0, 1))]
+    for layer in range(arch.n_layers):
+        w0 = graph.head_writer(layer, 0)
+        groups += [(1 + 2 * layer, slice(w0, w0 + H)), (2 + 2 * layer, slice(w0 + H, w0 + H + 1))]
+    for gid, rows in groups:
+        clean_g = clean_run.writers[rows]
+        abl_g = abl[rows]
+        acc = torch.zeros(rows.stop - rows.start, graph.n_dst, dtype=torch.float64, device=arch.device)
+        for a in alphas:
+            vals = abl_g + a * (clean_g - abl_g)
+            acc += _grad_scores(arch, graph, e, metric, abl, delta, override=(gid, vals))[rows]
+            bar.update(1)
+        s[rows] = acc / steps
+    return s
+
+
+def _mask_ig(
+    model: Any, graph: Graph, sub: TaskData, cache: AblationCache, metric: Callable[[torch.Tensor], torch.Tensor],
+    steps: int, bar: Any,
+) -> torch.Tensor:
+    arch = get_arch(model)
+    valid = graph.valid.to(arch.device, arch.dtype)
+    s = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.float64, device=arch.device)
+    for j in range(1, steps + 1):
+        m = (valid * (j / steps)).requires_grad_(True)
+        with torch.enable_grad():
+            value = metric(masked_forward(model, graph, sub.clean, cache, m))
+            (g,) = torch.autograd.grad(value, m)
+        s -= g.double()
+        bar.update(1)
+    return s / steps
+
+
+def _exact(
+    model: Any, graph: Graph, sub: TaskData, cache: AblationCache, metric: Callable[[torch.Tensor], torch.Tensor],
+    level: Level, k: int, bar: Any,
+) -> torch.Tensor:
+    arch = get_arch(model)
+    valid = graph.valid.to(arch.device, arch.dtype)
+    if level == "edge":
+        src, dst = graph.valid.nonzero(as_tuple=True)
+        n = len(src)
+    else:
+        n = graph.n_src
+    values = torch.empty(n + 1, dtype=torch.float64)
+    per_prompt = _per_prompt(metric)
+    with torch.no_grad():
+        for lo in range(0, n + 1, k):
+            hi = min(n + 1, lo + k)
+            masks = valid.unsqueeze(0).repeat(hi - lo, 1, 1)
+            for j, i in enumerate(range(lo, hi)):
+                if i == n:
+                    continue  # the full circuit
+                if level == "edge":
+                    masks[j, src[i], dst[i]] = 0
+                else:
+                    masks[j, i, :] = 0
+            logits = masked_forward(model, graph, sub.clean, cache, masks)
+            values[lo:hi] = per_prompt(logits).double().cpu()
+            bar.update(1)
+    effects = values[:n] - values[n]
+    if level == "node":
+        return effects
+    out = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.float64)
+    out[src.cpu(), dst.cpu()] = effects
+    return out
+
+
+def _per_prompt(metric: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The prompt-averaged metric of each of K logits ``[K, B, P, V]`` -> ``[K]``."""
+    return lambda logits: torch.stack([metric(x) for x in logits])
