@@ -1,0 +1,206 @@
+"""Attribution patching: EAP against autograd through the masked forward and against TransformerLens 4's own edge
+attribution patching; EAP-IG's endpoint convention; exact scores against single-edge masked forwards; node level."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from acdc import Graph, ablation_cache, masked_forward
+from acdc.attribution import METHODS, EdgeScores, attribute
+from acdc.errors import InputError
+from acdc.metrics import logit_diff, task_metric
+from acdc.types import TaskData
+
+
+@pytest.fixture(scope="module")
+def setup(tiny64):
+    g = Graph.from_model(tiny64)
+    gen = torch.Generator().manual_seed(0)
+    B, P = 6, 8
+    clean = torch.randint(0, 40, (B, P), generator=gen)
+    corrupt = torch.randint(0, 40, (B, P), generator=gen)
+    pos = torch.zeros(B, P, dtype=torch.bool)
+    pos[:, -1] = True
+    pos[::2, 3] = True
+    data = TaskData(clean, corrupt, pos, torch.randint(0, 40, (B, P), generator=gen),
+                    torch.randint(0, 40, (B, P), generator=gen), "logit_diff")
+    return tiny64, g, data
+
+
+def _mask_grad(model, g, data, ablation, t=1.0):
+    cache = ablation_cache(model, g, data.corrupt if ablation != "zero" else None, ablation)
+    m = (g.valid.double() * t).requires_grad_(True)
+    value = task_metric(data, masked_forward(model, g, data.clean, cache, m)).mean()
+    (grad,) = torch.autograd.grad(value, m)
+    return grad * g.valid
+
+
+@pytest.mark.parametrize("ablation", ["patch", "mean", "zero"])
+def test_eap_is_minus_mask_gradient(setup, ablation):
+    model, g, data = setup
+    s = attribute(model, g, data, "eap", ablation=ablation, batch_size=4, progress=False)
+    ref = -_mask_grad(model, g, data, ablation)
+    rel = (s.scores - ref).abs().max() / ref.abs().max()
+    assert rel <= 1e-4, rel
+    assert ref.abs().max() > 1e-3
+
+
+def test_eap_matches_transformer_lens(setup):
+    """TransformerLens 4's edge attribution patching takes the gradient on its *corrupt* run and scores
+    (a_clean - a_corrupt) per position; with clean and corrupt swapped that is EAP's (ã - a) · ∂M/∂in on our clean
+    run. Its scores are per position (summed here) and averaged over prompts, like ours."""
+    from transformer_lens.tools.analysis.attribution_patching import EdgeAttributionConfig, attribution_patch
+
+    model, g, data = setup
+    ours = attribute(model, g, data, "eap", progress=False)
+
+    def name(n) -> str:
+        if n.kind == "embed":
+            return "input"
+        if n.kind in ("attn_head_out",):
+            return f"a{n.layer}.h{n.head}"
+        if n.kind in ("q_input", "k_input", "v_input"):
+            return f"a{n.layer}.h{n.head}<{n.kind[0]}>"
+        if n.kind in ("mlp_out", "mlp_in"):
+            return f"m{n.layer}"
+        return "logits"
+
+    B = len(data)
+    theirs = torch.zeros(g.n_src, g.n_dst, dtype=torch.float64)
+    model.requires_grad_(True)  # TL's gradient cache needs a graph; acdc keeps weights frozen
+    try:
+        for i in range(B):
+            def fn(logits, i=i):
+                return logit_diff(logits, data.positions[i : i + 1], data.answers[i : i + 1], data.wrong[i : i + 1]).sum()
+
+            r = attribution_patch(model, data.corrupt[i : i + 1], data.clean[i : i + 1], fn,
+                                  EdgeAttributionConfig(granularity="edge"))
+            for (w, rd), s in r.edge_scores.items():
+                assert w.position == rd.position
+                theirs[g.src_index[name(w)], g.dst_index[name(rd)]] += s / B
+    finally:
+        model.requires_grad_(False)
+    assert not bool(((theirs != 0) & ~g.valid).any())
+    assert torch.allclose(ours.scores, theirs, atol=1e-10, rtol=1e-7)
+
+
+def test_eap_ig_one_step_is_eap_and_converges(setup):
+    model, g, data = setup
+    eap = attribute(model, g, data, "eap", progress=False)
+    one = attribute(model, g, data, "eap-ig-inputs", steps=1, progress=False)
+    assert torch.allclose(one.scores, eap.scores, atol=1e-12)  # right-endpoint rule: alpha = 1 is the clean run
+    alias = attribute(model, g, data, "eap-ig", steps=3, progress=False)
+    three = attribute(model, g, data, "eap-ig-inputs", steps=3, progress=False)
+    assert torch.equal(alias.scores, three.scores)
+
+
+def test_eap_ig_inputs_definition(setup):
+    """Two steps: the mean of the gradients at alpha = 1/2 and 1, each by autograd through an explicit
+    interpolated-embedding run, times (ã - a)."""
+    from acdc.arch import get_arch
+    from acdc.attribution import _grad_scores
+    from acdc.patching import _plain
+
+    model, g, data = setup
+    arch = get_arch(model)
+    cache = ablation_cache(model, g, data.corrupt)
+    ref_logits, clean_run = _plain(arch, data.clean)
+    delta = cache.writers - clean_run.writers
+    e, base = clean_run.writers[0], cache.writers[0]
+
+    def metric(logits):
+        return task_metric(data, logits).mean()
+
+    want = sum(_grad_scores(arch, g, base + a * (e - base), metric, cache.writers, delta) for a in (0.5, 1.0)) / 2
+    got = attribute(model, g, data, "eap-ig-inputs", steps=2, progress=False)
+    assert torch.allclose(got.scores, want * g.valid, atol=1e-12)
+    # and the alpha = 1/2 run really is a run from interpolated embeddings: its metric differs from both ends
+    half = _grad_scores(arch, g, base + 0.5 * (e - base), metric, cache.writers, delta)
+    assert not torch.allclose(half, want)
+
+
+def test_exact_is_single_edge_patching(setup):
+    model, g, data = setup
+    ex = attribute(model, g, data, "exact", exact_batch=7, progress=False)
+    cache = ablation_cache(model, g, data.corrupt)
+    full = task_metric(data, masked_forward(model, g, data.clean, cache, g.valid.double())).mean()
+    names = g.edge_names()
+    for i in (0, 5, len(names) // 2, len(names) - 1):
+        m = g.valid.double().clone()
+        s, d = g.edge_index(names[i])
+        m[s, d] = 0
+        want = task_metric(data, masked_forward(model, g, data.clean, cache, m)).mean() - full
+        assert abs(float(ex.scores[s, d]) - float(want)) < 1e-10
+    eap = attribute(model, g, data, "eap", progress=False)
+    r = torch.corrcoef(torch.stack([ex.edge_vector(), eap.edge_vector()]))[0, 1]
+    assert r > 0.2  # the first-order estimate tracks the exact effect, loosely, on this small random model
+
+
+def test_mask_ig_is_mask_gradient_average(setup):
+    model, g, data = setup
+    got = attribute(model, g, data, "mask-ig", steps=2, progress=False)
+    want = -(_mask_grad(model, g, data, "patch", 0.5) + _mask_grad(model, g, data, "patch", 1.0)) / 2
+    assert torch.allclose(got.scores, want, atol=1e-12)
+
+
+def test_clean_corrupted_and_activation_ig(setup):
+    model, g, data = setup
+    eap = attribute(model, g, data, "eap", progress=False)
+    cc = attribute(model, g, data, "clean-corrupted", progress=False)
+    act1 = attribute(model, g, data, "eap-ig-activations", steps=1, progress=False)
+    # one step of activation IG: every group at alpha = 1 is the clean run, so it is EAP
+    assert torch.allclose(act1.scores, eap.scores, atol=1e-12)
+    act = attribute(model, g, data, "eap-ig-activations", steps=3, progress=False)
+    assert not torch.allclose(act.scores, eap.scores)
+    assert not torch.allclose(cc.scores, eap.scores)
+    with pytest.raises(InputError, match="needs ablation 'patch'"):
+        attribute(model, g, data, "clean-corrupted", ablation="mean", progress=False)
+
+
+@pytest.mark.parametrize("method", ["eap", "eap-ig-inputs", "clean-corrupted", "mask-ig"])
+def test_node_scores_are_edge_row_sums(setup, method):
+    model, g, data = setup
+    edge = attribute(model, g, data, method, steps=2, progress=False)
+    node = attribute(model, g, data, method, steps=2, level="node", progress=False)
+    assert node.scores.shape == (g.n_src,)
+    assert torch.allclose(node.scores, edge.scores.sum(1), atol=1e-12)
+
+
+def test_node_exact_matches_writer_ablation(setup):
+    """Node-level exact patching ablates every outgoing edge of a writer at once, checked against the edge-by-edge
+    hook reference (tests/reference.py) with the writer's whole row of the mask off."""
+    from tests.reference import reference_masked_forward
+
+    model, g, data = setup
+    node = attribute(model, g, data, "exact", level="node", progress=False)
+    full = task_metric(data, reference_masked_forward(model, g, data.clean, data.corrupt, g.valid.double())).mean()
+    for u in (0, 1, g.n_src - 1):
+        m = g.valid.double().clone()
+        m[u] = 0
+        want = task_metric(data, reference_masked_forward(model, g, data.clean, data.corrupt, m)).mean() - full
+        assert abs(float(node.scores[u]) - float(want)) < 1e-8
+
+
+def test_batches_average_like_one_batch(setup):
+    model, g, data = setup
+    a = attribute(model, g, data, "eap-ig-inputs", steps=2, batch_size=len(data), progress=False)
+    b = attribute(model, g, data, "eap-ig-inputs", steps=2, batch_size=4, progress=False)
+    assert torch.allclose(a.scores, b.scores, atol=1e-12)
+
+
+def test_ranking_and_errors(setup):
+    model, g, data = setup
+    s = attribute(model, g, data, "eap", progress=False)
+    top = s.top(5)
+    assert len(top) == 5 and abs(top[0][1]) == float(s.scores.abs().max())
+    signed = s.top(1, absolute=False)
+    assert signed[0][1] == float(s.scores[g.valid].min())
+    with pytest.raises(InputError, match="unknown attribution method"):
+        attribute(model, g, data, "eap-xx", progress=False)
+    kl = TaskData(data.clean, data.corrupt, data.positions, data.answers, None, "kl")
+    with pytest.raises(InputError, match="zero gradient"):
+        attribute(model, g, kl, "eap", progress=False)
+    assert set(METHODS) >= {"eap", "eap-ig-inputs", "eap-ig", "eap-ig-activations", "clean-corrupted", "mask-ig",
+                            "exact"}
+    assert isinstance(s, EdgeScores)
