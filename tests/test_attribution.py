@@ -72,7 +72,8 @@ def test_eap_matches_transformer_lens(setup):
     try:
         for i in range(B):
             def fn(logits, i=i):
-                return logit_diff(logits, data.positions[i : i + 1], data.answers[i : i + 1], data.wrong[i : i + 1]).sum()
+                sl = slice(i, i + 1)
+                return logit_diff(logits, data.positions[sl], data.answers[sl], data.wrong[sl]).sum()
 
             r = attribution_patch(model, data.corrupt[i : i + 1], data.clean[i : i + 1], fn,
                                   EdgeAttributionConfig(granularity="edge"))
