@@ -28,9 +28,11 @@ matmul ``(ã - a)[:U] @ g^T`` over the prompt/position/feature axes.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 import torch
@@ -39,6 +41,7 @@ from torch.nn import functional as F
 from acdc.arch import Arch, get_arch
 from acdc.errors import InputError
 from acdc.graph import Graph
+from acdc.io import atomic_write_bytes, atomic_write_text
 from acdc.metrics import task_metric
 from acdc.patching import AblationCache, _check_graph, _check_tokens, _plain, ablation_cache, masked_forward
 from acdc.types import ABLATIONS, Ablation, TaskData
@@ -79,6 +82,39 @@ class EdgeScores:
 
     def top(self, k: int = 20, *, absolute: bool = True) -> list[tuple[str, float]]:
         return self.ranked(absolute=absolute)[:k]
+
+    def save(self, folder: str | Path, *, top: int = 100) -> list[Path]:
+        """Write ``scores.safetensors`` (the full score matrix) and ``top_edges.json`` (the ``top`` most important
+        edges or nodes, with the metadata) into ``folder``, atomically."""
+        from safetensors.torch import save
+
+        folder = Path(folder)
+        tensors = {"scores": self.scores.float().contiguous(), "valid": self.graph.valid.contiguous()}
+        meta = {"method": self.method, "level": self.level, "graph": json.dumps(self.graph.signature())}
+        a = atomic_write_bytes(folder / "scores.safetensors", save(tensors, metadata=meta))
+        kind = "edges" if self.level == "edge" else "nodes"
+        doc = {"format": "acdc-scores/1", "method": self.method, "level": self.level, "meta": self.meta,
+               "graph": self.graph.signature(), "sign": "score = M(ablated) - M(full); negative supports the metric",
+               f"top_{kind}": [{"name": n, "score": s} for n, s in self.top(top)]}
+        b = atomic_write_text(folder / "top_edges.json", json.dumps(doc, indent=1))
+        return [a, b]
+
+    @classmethod
+    def load(cls, folder: str | Path, graph: Graph) -> EdgeScores:
+        """Scores written by :meth:`save`, for ``graph`` (checked against the file)."""
+        from safetensors import safe_open
+
+        p = Path(folder) / "scores.safetensors"
+        try:
+            with safe_open(str(p), framework="pt") as f:
+                meta = f.metadata() or {}
+                scores = f.get_tensor("scores")
+        except (OSError, ValueError) as e:
+            raise InputError(f"cannot read scores from {p}: {e}") from None
+        if json.loads(meta.get("graph", "{}")) != graph.signature():
+            raise InputError(f"{p} holds scores for graph {meta.get('graph')}, not {graph.signature()}")
+        level = "node" if scores.dim() == 1 else "edge"
+        return cls(graph, scores.double(), meta.get("method", "?"), level, {})
 
     def edge_vector(self) -> torch.Tensor:
         """Scores of the valid edges in ``graph.edge_names()`` order."""

@@ -48,6 +48,8 @@ def main(verbose: bool) -> None:
     \b
     Examples:
       acdc run induction          # offline, on the zoo's toy induction model
+      acdc scores ioi --method eap-ig-inputs
+      acdc tasks list
       acdc zoo list
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
@@ -245,6 +247,78 @@ def tasks_validate(file: str, model_spec: str | None, n_prompts: int) -> None:
                 click.echo(f"built {len(d)} pairs of dataset {dname}, split {split}, for {model_spec}: "
                            f"{d.clean.shape[1]} tokens max")
     click.echo(f"ok: {file} is a valid task file" + ("" if model_spec else " (add --model M to build it too)"))
+
+
+# ---- scores -----------------------------------------------------------------------------------------------------
+SCORE_METHODS = ("eap", "eap-ig-inputs", "eap-ig", "eap-ig-activations", "clean-corrupted", "mask-ig", "exact")
+
+
+@main.command("scores")
+@click.argument("task")
+@click.option("--method", type=click.Choice(SCORE_METHODS), default="eap-ig-inputs", show_default=True,
+              help="Attribution method (eap-ig = eap-ig-inputs).")
+@click.option("--steps", default=5, show_default=True, type=click.IntRange(1),
+              help="Interpolation steps of the integrated-gradient methods.")
+@click.option("--level", type=click.Choice(["edge", "node"]), default="edge", show_default=True,
+              help="Score edges, or whole writers (heads, MLPs).")
+@click.option("--model", "model_spec", default=None, help="Model spec [the task's default model].")
+@click.option("--n", "n_prompts", default=None, type=click.IntRange(1), help="Number of prompts [task default].")
+@click.option("--seed", default=None, type=int, help="Seed for the prompts [task default].")
+@click.option("--split", default="train", show_default=True, type=click.Choice(["train", "validation", "test"]))
+@click.option("--counterfactual", default=None, help="Counterfactual rule of the task [task default].")
+@click.option("--ablation", type=click.Choice(["patch", "mean", "zero"]), default=None,
+              help="What an ablated edge carries instead [task default].")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1),
+              help="Prompts per pass; memory grows with it.")
+@click.option("--top", "n_top", default=20, show_default=True, type=click.IntRange(1), help="Edges to print.")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Output folder [outputs/<task>/<run-id>/].")
+def scores(task: str, method: str, steps: int, level: str, model_spec: str | None, n_prompts: int | None,
+           seed: int | None, split: str, counterfactual: str | None, ablation: str | None, batch_size: int,
+           n_top: int, out_dir: str | None) -> None:
+    """Score every edge (or node) of TASK's graph by attribution patching and print the top ones.
+
+    Writes scores.safetensors (the full score matrix), top_edges.json and run.yaml to the output folder. A score
+    estimates the change of the task metric when the edge is ablated: negative means the edge supports the
+    behaviour; edges are ranked by |score|.
+
+    \b
+    Examples:
+      acdc scores ioi --method eap-ig-inputs
+      acdc scores induction --method eap --n 128 --out outputs/induction/eap
+      acdc scores ioi --method exact --level node
+    """
+    import time
+
+    from acdc import Graph, load_model
+    from acdc.attribution import attribute
+    from acdc.runs import run_dir, write_run_yaml
+    from acdc.task import get_task
+
+    t = get_task(task)
+    spec = model_spec or t.default_model
+    ablation = ablation or t.spec.defaults.ablation
+    model = load_model(spec)
+    graph = Graph.from_model(model)
+    data = t.build(model, n_prompts, seed=seed, split=split, counterfactual=counterfactual)
+    t0 = time.perf_counter()
+    result = attribute(model, graph, data, method, ablation=ablation, steps=steps, level=level,  # type: ignore[arg-type]
+                       batch_size=batch_size, progress=True)
+    seconds = time.perf_counter() - t0
+    folder = run_dir(t.name, method, out_dir)
+    result.save(folder)
+    write_run_yaml(folder, {
+        "command": "scores", "task": t.name, "task_file": str(t.path) if t.path else None, "model": spec,
+        "method": result.method, "level": level, "steps": steps, "ablation": ablation, "data": dict(data.info),
+        "batch_size": batch_size, "seconds": round(seconds, 3),
+        "graph": {"writers": graph.n_src, "readers": graph.n_dst, "edges": graph.n_edges},
+    })
+    click.echo(f"{result.method} scores for {t.name} on {spec}: {len(data)} prompts ({split}), ablation {ablation}, "
+               f"{graph.n_edges if level == 'edge' else graph.n_src} {level}s, {seconds:.1f} s")
+    click.echo(f"metric: {data.description}; score = change of the metric when ablated (negative = supports it)")
+    for i, (name, value) in enumerate(result.top(n_top), 1):
+        click.echo(f"{i:>4}  {name:<28} {value:+.5f}")
+    click.echo(f"wrote {folder}/scores.safetensors, top_edges.json, run.yaml")
 
 
 # ---- run --------------------------------------------------------------------------------------------------------

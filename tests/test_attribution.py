@@ -205,3 +205,25 @@ def test_ranking_and_errors(setup):
     assert set(METHODS) >= {"eap", "eap-ig-inputs", "eap-ig", "eap-ig-activations", "clean-corrupted", "mask-ig",
                             "exact"}
     assert isinstance(s, EdgeScores)
+
+
+def test_save_load_and_cli(setup, tmp_path, toy_induction):
+    from acdc.cli.main import main
+    from click.testing import CliRunner
+
+    model, g, data = setup
+    s = attribute(model, g, data, "eap", progress=False)
+    s.save(tmp_path / "s")
+    back = EdgeScores.load(tmp_path / "s", g)
+    assert torch.allclose(back.scores, s.scores, atol=1e-6)
+    with pytest.raises(InputError, match="holds scores for graph"):
+        EdgeScores.load(tmp_path / "s", Graph.from_config(3, 2))
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["scores", "induction", "--method", "eap-ig", "--steps", "2", "--n", "16",
+                                  "--top", "5", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert {"scores.safetensors", "top_edges.json", "run.yaml"} <= {p.name for p in out.iterdir()}
+    lines = [x for x in r.output.splitlines() if x.strip()[:1].isdigit() and "->" in x]
+    assert len(lines) == 5
+    r = CliRunner().invoke(main, ["scores", "induction", "--method", "nope"])
+    assert r.exit_code == 2

@@ -1,0 +1,155 @@
+"""Attribution-patching cost as a ratio to the bare model's floor (issue: attribution benchmark).
+
+Model: randomly initialised GPT-2-small shape (12 layers, 12 heads, d_model 768, vocab 50257), built locally.
+Batch: 32 prompts x 16 tokens, logit-difference metric at the last position. Threads: 2.
+
+Floors, measured on the Hugging Face model itself (no bridge, no hooks):
+- EAP: clean forward + counterfactual forward + one backward;
+- EAP-IG-inputs with k steps: counterfactual forward + clean forward + k forward+backward.
+The backward of the bare model is timed twice: with weight gradients (an ordinary training backward) and with
+gradients for the input embeddings only (what attribution needs; a stricter floor). Both ratios are printed.
+
+Peak memory: each measurement runs in a fresh subprocess; the number is the peak resident set size minus the
+resident size right before the measured call (so the model's weights are excluded), for EAP and for the bare
+forward+backward (weight gradients on).
+
+    python bench/bench_attribution.py [--batch 32] [--pos 16] [--steps 5] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+SHAPE = dict(n_layer=12, n_head=12, d_model=768, vocab=50257, n_ctx=1024, seed=0)
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def make(batch: int, pos: int):
+    from acdc.types import TaskData
+
+    gen = torch.Generator().manual_seed(0)
+    clean = torch.randint(0, 50257, (batch, pos), generator=gen)
+    corrupt = torch.randint(0, 50257, (batch, pos), generator=gen)
+    positions = torch.zeros(batch, pos, dtype=torch.bool)
+    positions[:, -1] = True
+    ans = torch.randint(0, 50257, (batch, pos), generator=gen)
+    wrong = torch.randint(0, 50257, (batch, pos), generator=gen)
+    return TaskData(clean, corrupt, positions, ans, wrong, "logit_diff")
+
+
+def bare_fns(data, *, weight_grads: bool):
+    from acdc.metrics import logit_diff
+    from acdc.models import random_gpt2_hf
+
+    hf = random_gpt2_hf(**SHAPE)
+    hf.requires_grad_(weight_grads)
+    emb = hf.transformer.wte
+
+    def metric(logits):
+        return logit_diff(logits, data.positions, data.answers, data.wrong).mean()
+
+    def fwd(tokens):
+        with torch.no_grad():
+            return hf(tokens).logits
+
+    def fwd_bwd(tokens):
+        hf.zero_grad(set_to_none=True)
+        x = emb(tokens).detach().requires_grad_(True)
+        metric(hf(inputs_embeds=x).logits).backward()
+
+    return fwd, fwd_bwd
+
+
+def child(kind: str, batch: int, pos: int, steps: int) -> None:
+    """Peak-memory probe, run in a subprocess: prints the peak RSS growth (MiB) of one call."""
+    torch.set_num_threads(2)
+    data = make(batch, pos)
+    if kind == "bare":
+        _, fwd_bwd = bare_fns(data, weight_grads=True)
+        run = lambda: fwd_bwd(data.clean)  # noqa: E731
+    else:
+        from acdc import Graph
+        from acdc.attribution import attribute
+        from acdc.models import random_gpt2
+
+        model = random_gpt2(**SHAPE)
+        graph = Graph.from_model(model)
+        run = lambda: attribute(model, graph, data, kind, steps=steps, batch_size=batch, progress=False)  # noqa: E731
+    import gc
+
+    gc.collect()
+    with open("/proc/self/statm") as f:
+        before = int(f.read().split()[1]) * resource.getpagesize() / 2**20
+    run()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(json.dumps({"kind": kind, "growth_mib": peak - before}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--pos", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args.child, args.batch, args.pos, args.steps)
+        return
+    torch.set_num_threads(args.threads)
+    from acdc import Graph
+    from acdc.attribution import attribute
+    from acdc.models import random_gpt2
+
+    data = make(args.batch, args.pos)
+    model = random_gpt2(**SHAPE)
+    graph = Graph.from_model(model)
+    print(f"model: GPT-2-small shape, random init; {graph.n_edges} edges; batch {args.batch} x {args.pos} tokens; "
+          f"{args.threads} threads; median of {args.repeats}")
+    floors = {}
+    for wg in (True, False):
+        fwd, fwd_bwd = bare_fns(data, weight_grads=wg)
+        t_f = timed(lambda: fwd(data.clean), args.repeats)  # noqa: B023
+        t_fb = timed(lambda: fwd_bwd(data.clean), args.repeats)  # noqa: B023
+        floors[wg] = (t_f, t_fb)
+        label = "weight+input grads" if wg else "input grads only"
+        print(f"bare HF forward {t_f:.3f} s; forward+backward ({label}) {t_fb:.3f} s")
+    k = args.steps
+    for method, n_steps in (("eap", 1), ("eap-ig-inputs", k)):
+        t = timed(lambda: attribute(model, graph, data, method, steps=n_steps, batch_size=args.batch,  # noqa: B023
+                                    progress=False), args.repeats)
+        parts = []
+        for wg, label in ((True, "standard floor"), (False, "input-grad floor")):
+            t_f, t_fb = floors[wg]
+            floor = t_f + t_fb if method == "eap" else 2 * t_f + k * t_fb
+            parts.append(f"{t / floor:.2f}x {label} ({floor:.3f} s)")
+        print(f"{method:<14} {t:.3f} s  = " + ", ".join(parts))
+    mem = {}
+    for kind in ("bare", "eap"):
+        out = subprocess.run([sys.executable, __file__, "--child", kind, "--batch", str(args.batch), "--pos",
+                              str(args.pos), "--steps", str(k)], capture_output=True, text=True, check=True)
+        mem[kind] = json.loads(out.stdout.strip().splitlines()[-1])["growth_mib"]
+    print(f"peak memory growth: bare forward+backward {mem['bare']:.0f} MiB, EAP {mem['eap']:.0f} MiB "
+          f"= {mem['eap'] / mem['bare']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
