@@ -113,7 +113,7 @@ class EdgeScores:
             raise InputError(f"cannot read scores from {p}: {e}") from None
         if json.loads(meta.get("graph", "{}")) != graph.signature():
             raise InputError(f"{p} holds scores for graph {meta.get('graph')}, not {graph.signature()}")
-        level = "node" if scores.dim() == 1 else "edge"
+        level: Level = "node" if scores.dim() == 1 else "edge"
         return cls(graph, scores.double(), meta.get("method", "?"), level, {})
 
     def edge_vector(self) -> torch.Tensor:
