@@ -519,6 +519,8 @@ class Task:
 
         where = "the last position" if m.positions == "last" else "the repeated positions"
         if m.name == "logit_diff":
+            if (a is not None and a.tokens and len(a.tokens) > 1) or (w is not None and w.tokens and len(w.tokens) > 1):
+                return f"log p({show(a)}) - log p({show(w)}) at {where}"  # a set's logit is its logsumexp
             return f"logit({show(a)}) - logit({show(w)}) at {where}"
         if m.name == "prob_diff":
             return f"p({show(a)}) - p({show(w)}) at {where}"
