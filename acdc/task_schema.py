@@ -392,10 +392,19 @@ class LineMap:
         return best
 
 
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_#.-]+$")
+
+
 def fmt_loc(loc: Loc) -> str:
+    """``dataset.words.names[3]``; odd keys (spaces, newlines, empty) are quoted: ``answer['a b']``."""
     out = ""
     for k in loc:
-        out += f"[{k}]" if isinstance(k, int) else (f".{k}" if out else str(k))
+        if isinstance(k, int):
+            out += f"[{k}]"
+        elif not _PLAIN_KEY.match(k):
+            out += f"[{k!r}]"
+        else:
+            out += f".{k}" if out else k
     return out
 
 
@@ -404,7 +413,8 @@ def _raise(where: str, lines: LineMap, loc: Loc, msg: str, more: int = 0) -> Non
     head = f"{where}:{line}" if line else where
     field = f" {fmt_loc(loc)}:" if loc else ""
     extra = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-    raise TaskFileError(f"{head}:{field} {msg}{extra}")
+    text = f"{head}:{field} {msg}{extra}"
+    raise TaskFileError(text.replace("\r", "\\r").replace("\n", "\\n"))  # always one line
 
 
 def _pydantic_message(err: dict[str, Any]) -> str:
