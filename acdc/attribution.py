@@ -124,11 +124,6 @@ class EdgeScores:
 
 
 # ---- the gradient pass ----------------------------------------------------------------------------------------------
-def _ln_backward(g: torch.Tensor, xhat: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
-    """Gradient on a layer norm's input from the gradient on its normalised output ``g`` (gamma already applied)."""
-    return rstd * (g - g.mean(-1, keepdim=True) - xhat * (g * xhat).mean(-1, keepdim=True))
-
-
 def _grad_scores(
     arch: Arch,
     graph: Graph,
@@ -137,13 +132,15 @@ def _grad_scores(
     abl: torch.Tensor,
     delta: torch.Tensor | None = None,
     override: tuple[int, torch.Tensor] | None = None,
+    keep: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """``Σ_{b,p} δ_u · ∂M/∂in_v`` for every edge, from one forward (from input embeddings ``x0 [B, P, d]``) and one
     backward.
 
     ``δ = delta`` if given (``[S, B, P, d]``), else ``abl - a`` with ``a`` the writer outputs of this very pass (EAP).
     ``override = (group, values)`` replaces the outputs of writer group ``group`` (0 = input, 1 + 2l = heads of layer
-    l, 2 + 2l = MLP l) by ``values`` (eap-ig-activations).
+    l, 2 + 2l = MLP l) by ``values`` (eap-ig-activations). ``keep``, if given, receives this pass's writer outputs
+    ``[S, B, P, d]`` (only when ``delta`` is None).
     """
     B, P, d = x0.shape
     H, G, dh, L = arch.n_heads, arch.n_kv_heads, arch.d_head, arch.n_layers
@@ -194,22 +191,34 @@ def _grad_scores(
     with torch.no_grad():
         dlt = abl - store if store is not None else delta  # [S, B, P, d] (abl may broadcast)
         assert dlt is not None
-        dlt = dlt.expand(S, B, P, d).reshape(S, -1)
+        dlt = dlt.expand(S, B, P, d).reshape(S, B * P, d)
+        flat = dlt.view(S, -1)
+        dsum = dlt.sum(-1)  # [S, BP]: each delta's sum over features, for the layer norm's mean term
         scores = torch.zeros(S, graph.n_dst, dtype=torch.float64, device=arch.device)
         for layer in range(L):
             qkv, xhat, rstd, _ = saved[layer]
             assert qkv.grad is not None
-            g = qkv.grad.reshape(B * P, -1, dh).transpose(0, 1)  # [R, BP, dh]
-            gx = torch.bmm(g, arch.W_read_folded[layer].transpose(1, 2))  # [R, BP, d]
-            gin = _ln_backward(gx, xhat.reshape(1, B * P, d), rstd.reshape(1, B * P, 1))
+            R = qkv.shape[-1] // dh
+            # gradient on q/k/v -> on each reader's input: g_in = rstd (gx - mean(gx) - xhat mean(gx xhat)) with
+            # gx = g W^T (W: the reader's projection with gamma folded in). The two means need no [R, BP, d] work:
+            # mean(gx) = g . colsum(W) / d and mean(gx xhat) = g . (xhat W) / d, where xhat W = qkv - b_folded.
+            gs = qkv.grad.reshape(B * P, R, dh).transpose(0, 1) * rstd.reshape(1, B * P, 1)  # [R, BP, dh]
+            pre = (qkv.detach().reshape(B * P, R, dh).transpose(0, 1) - arch.b_read_folded[layer].unsqueeze(1))
+            a = torch.einsum("rbh,rh->rb", gs, arch.c_read_folded[layer]) / d  # [R, BP]
+            b = (gs * pre).sum(-1) / d  # [R, BP]
+            gx = torch.bmm(gs, arch.W_read_folded[layer].transpose(1, 2))  # [R, BP, d]
             U = graph.n_upstream_attn(layer)
-            scores[:U, graph.attn_readers(layer)] = (dlt[:U] @ gin.reshape(gin.shape[0], -1).t()).double()
+            dx = torch.einsum("ubd,bd->ub", dlt[:U], xhat.reshape(B * P, d))  # [U, BP]
+            sc = flat[:U] @ gx.reshape(R, -1).t() - dsum[:U] @ a.t() - dx @ b.t()
+            scores[:U, graph.attn_readers(layer)] = sc.double()
             U = graph.n_upstream_mlp(layer)
             gm = mlp_ins[layer].grad
             assert gm is not None
-            scores[:U, graph.mlp_reader(layer)] = (dlt[:U] @ gm.reshape(-1)).double()
+            scores[:U, graph.mlp_reader(layer)] = (flat[:U] @ gm.reshape(-1)).double()
         assert f_in.grad is not None
-        scores[:, graph.logits_index] = (dlt @ f_in.grad.reshape(-1)).double()
+        scores[:, graph.logits_index] = (flat @ f_in.grad.reshape(-1)).double()
+    if keep is not None and store is not None:
+        keep.append(store)
     return scores
 
 
@@ -279,7 +288,7 @@ def attribute(
 
     batches = [(i, min(n, i + batch_size)) for i in range(0, n, batch_size)]
     per_batch = {"eap": 1, "eap-ig-inputs": steps, "clean-corrupted": 2, "mask-ig": steps,
-                 "eap-ig-activations": steps * (2 * arch.n_layers + 1)}.get(method, 0)
+                 "eap-ig-activations": 1 + (steps - 1) * (2 * arch.n_layers + 1)}.get(method, 0)
     if method == "exact":
         n_masks = graph.n_edges if level == "edge" else graph.n_src
         per_batch = math.ceil((n_masks + 1) / exact_batch)
@@ -290,10 +299,12 @@ def attribute(
     for lo, hi in batches:
         sub = _subset(data, lo, hi)
         cache = mean_cache if mean_cache is not None else ablation_cache(model, graph, sub.corrupt, "patch")
-        with torch.no_grad():
-            ref_logits, clean_run = _plain(arch, sub.clean.to(arch.device))
+        ref_logits = None
+        if data.metric == "kl":  # the reference distribution of KL: the clean run
+            with torch.no_grad():
+                ref_logits = _plain(arch, sub.clean.to(arch.device))[0]
 
-        def metric(logits: torch.Tensor, sub: TaskData = sub, ref: torch.Tensor = ref_logits) -> torch.Tensor:
+        def metric(logits: torch.Tensor, sub: TaskData = sub, ref: torch.Tensor | None = ref_logits) -> torch.Tensor:
             return task_metric(sub, logits, ref).mean()
 
         if method == "exact":
@@ -301,7 +312,7 @@ def attribute(
         elif method == "mask-ig":
             part = _mask_ig(model, graph, sub, cache, metric, steps, bar)
         else:
-            part = _gradient_method(arch, graph, method, sub, cache, clean_run, metric, steps, bar)
+            part = _gradient_method(arch, graph, method, sub, cache, metric, steps, bar)
         total += part.cpu() * ((hi - lo) / n)
     bar.close()
     if level == "node" and method != "exact":
@@ -321,47 +332,48 @@ def _subset(data: TaskData, lo: int, hi: int) -> TaskData:
 
 
 def _gradient_method(
-    arch: Arch, graph: Graph, method: str, sub: TaskData, cache: AblationCache, clean_run: AblationCache,
+    arch: Arch, graph: Graph, method: str, sub: TaskData, cache: AblationCache,
     metric: Callable[[torch.Tensor], torch.Tensor], steps: int, bar: Any,
 ) -> torch.Tensor:
     abl = cache.writers  # [S, B', P', d]
-    e = clean_run.writers[0]  # clean input embeddings [B, P, d]
+    clean = sub.clean.to(arch.device)
+    e = arch.embed(clean)  # clean input embeddings [B, P, d]
+    keep: list[torch.Tensor] = []
+    # the clean run itself (alpha = 1) first: it also records the clean writer outputs a, hence delta = ã - a
+    s = _grad_scores(arch, graph, e, metric, abl, keep=keep)
+    bar.update(1)
     if method == "eap":
-        s = _grad_scores(arch, graph, e, metric, abl)
-        bar.update(1)
         return s
-    delta = abl - clean_run.writers
+    delta = abl - keep.pop()
     if method == "clean-corrupted":
-        s = _grad_scores(arch, graph, e, metric, abl, delta)
-        bar.update(1)
         s += _grad_scores(arch, graph, abl[0].expand_as(e), metric, abl, delta)
         bar.update(1)
         return s / 2
-    alphas = [j / steps for j in range(1, steps + 1)]
+    alphas = [j / steps for j in range(1, steps)]  # alpha = 1 is done
     if method == "eap-ig-inputs":
         base = abl[0].expand_as(e)
-        s = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.float64, device=arch.device)
         for a in alphas:
             s += _grad_scores(arch, graph, base + a * (e - base), metric, abl, delta)
             bar.update(1)
         return s / steps
+    clean_writers = abl - delta
     # eap-ig-activations: one writer group at a time
-    s = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.float64, device=arch.device)
+    out = torch.zeros_like(s)
     H = arch.n_heads
     groups = [(0, slice(0, 1))]
     for layer in range(arch.n_layers):
         w0 = graph.head_writer(layer, 0)
         groups += [(1 + 2 * layer, slice(w0, w0 + H)), (2 + 2 * layer, slice(w0 + H, w0 + H + 1))]
     for gid, rows in groups:
-        clean_g = clean_run.writers[rows]
+        clean_g = clean_writers[rows]
         abl_g = abl[rows]
-        acc = torch.zeros(rows.stop - rows.start, graph.n_dst, dtype=torch.float64, device=arch.device)
+        acc = s[rows].clone()  # alpha = 1 (the clean run) is shared by every group
         for a in alphas:
             vals = abl_g + a * (clean_g - abl_g)
             acc += _grad_scores(arch, graph, e, metric, abl, delta, override=(gid, vals))[rows]
             bar.update(1)
-        s[rows] = acc / steps
-    return s
+        out[rows] = acc / steps
+    return out
 
 
 def _mask_ig(
