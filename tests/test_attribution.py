@@ -227,3 +227,20 @@ def test_save_load_and_cli(setup, tmp_path, toy_induction):
     assert len(lines) == 5
     r = CliRunner().invoke(main, ["scores", "induction", "--method", "nope"])
     assert r.exit_code == 2
+
+
+def test_ig_tracks_exact_better_than_eap_on_toy_ioi(toy_ioi):
+    """The literature's finding (Hanna et al. 2024), reproduced on zoo:toy-ioi: |EAP-IG| correlates with |exact|
+    much better than |EAP| does (bench/attribution_vs_exact.py prints the numbers for all methods and tasks)."""
+    from acdc import get_task
+
+    g = Graph.from_model(toy_ioi)
+    data = get_task("ioi").build(toy_ioi, 64, seed=0)
+    exact = attribute(toy_ioi, g, data, "exact", progress=False).edge_vector().abs()
+
+    def r(method: str) -> float:
+        s = attribute(toy_ioi, g, data, method, steps=5, progress=False).edge_vector().abs()
+        return float(torch.corrcoef(torch.stack([s, exact]))[0, 1])
+
+    r_eap, r_ig = r("eap"), r("eap-ig-inputs")
+    assert r_ig > 0.6 and r_ig > r_eap + 0.2, (r_eap, r_ig)
