@@ -70,17 +70,17 @@ def get_task(name_or_path: str | Path) -> Task:
     """
     s = str(name_or_path)
     p = Path(s).expanduser()
-    if p.suffix in (".yaml", ".yml") or p.exists() or "/" in s:
+    builtin = builtin_dir() / f"{s}.yaml"
+    if p.is_file() or (not builtin.is_file() and (p.suffix in (".yaml", ".yml") or "/" in s)):
         if not p.is_file():
             raise InputError(f"no task file at {p}; give a built-in task ({', '.join(list_tasks())}) or a YAML path")
         spec, lines = load_task_file(p)
         return Task(spec, lines, path=p.resolve())
-    f = builtin_dir() / f"{s}.yaml"
-    if not f.is_file():
+    if not builtin.is_file():
         raise InputError(f"unknown task '{s}'; built-in tasks: {', '.join(list_tasks())} (or give a path to a YAML "
                          "task file)")
-    spec, lines = load_task_file(f)
-    return Task(spec, lines, path=f, builtin=True)
+    spec, lines = load_task_file(builtin)
+    return Task(spec, lines, path=builtin, builtin=True)
 
 
 def task_from_text(text: str, base_dir: str | Path = ".") -> Task:

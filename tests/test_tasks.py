@@ -314,3 +314,12 @@ def test_cli_tasks_list_show_validate(tmp_path, toy_induction):
     good.write_text(IOI_TEXT)
     r = CliRunner().invoke(main, ["tasks", "validate", str(good)])
     assert r.exit_code == 0 and "ok:" in r.output
+
+
+def test_name_beats_a_same_named_folder(tmp_path, monkeypatch):
+    (tmp_path / "ioi").mkdir()  # a folder called ioi in the working directory must not shadow the built-in task
+    monkeypatch.chdir(tmp_path)
+    assert get_task("ioi").builtin
+    f = tmp_path / "ioi.yaml"
+    f.write_text(IOI_TEXT.replace("name: ioi", "name: my-ioi"))
+    assert get_task("ioi.yaml").name == "my-ioi" and get_task(str(f)).name == "my-ioi"
