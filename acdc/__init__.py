@@ -3,6 +3,7 @@
 The library's one mechanism is :func:`masked_forward`; every method is a way of choosing its edge mask.
 """
 
+from acdc.attribution import EdgeScores, attribute
 from acdc.errors import AcdcError, InputError
 from acdc.graph import Circuit, Graph, prune_dangling
 from acdc.models import load_model
@@ -14,11 +15,13 @@ __all__ = [
     "AblationCache",
     "AcdcError",
     "Circuit",
+    "EdgeScores",
     "Graph",
     "InputError",
     "Task",
     "TaskData",
     "ablation_cache",
+    "attribute",
     "get_task",
     "list_tasks",
     "load_model",
