@@ -321,6 +321,108 @@ def scores(task: str, method: str, steps: int, level: str, model_spec: str | Non
     click.echo(f"wrote {folder}/scores.safetensors, top_edges.json, run.yaml")
 
 
+# ---- discover ---------------------------------------------------------------------------------------------------
+DISCOVER_METHODS = ("acdc", "edge-pruning", "eap", "eap-ig")
+
+
+@main.command("discover")
+@click.argument("task")
+@click.option("--method", type=click.Choice(DISCOVER_METHODS), default="eap-ig", show_default=True,
+              help="acdc: exact greedy search; edge-pruning: learned masks; eap / eap-ig: attribution scores + "
+                   "selection.")
+@click.option("--threshold", type=float, default=None,
+              help="acdc: keep an edge when removing it raises KL by at least this [0.01]; eap/eap-ig: keep edges "
+                   "with |score| >= this.")
+@click.option("--edges", "n_edges", type=click.IntRange(1), default=None,
+              help="Circuit size in edges (edge-pruning, eap, eap-ig) [5% of the edges, at least 20].")
+@click.option("--selector", type=click.Choice(["greedy", "topn"]), default="greedy", show_default=True,
+              help="How eap/eap-ig pick --edges edges from their scores.")
+@click.option("--model", "model_spec", default=None, help="Model spec [the task's default model].")
+@click.option("--n", "n_prompts", default=None, type=click.IntRange(1), help="Prompts per split [task default].")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed for prompts and edge pruning.")
+@click.option("--ablation", type=click.Choice(["patch", "mean", "zero"]), default=None,
+              help="What an ablated edge carries instead [task default].")
+@click.option("--steps", default=300, show_default=True, type=click.IntRange(1), help="edge-pruning training steps.")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Output folder [outputs/<task>/<run-id>/]; an interrupted acdc search resumes from it.")
+def discover(task: str, method: str, threshold: float | None, n_edges: int | None, selector: str,
+             model_spec: str | None, n_prompts: int | None, seed: int, ablation: str | None, steps: int,
+             out_dir: str | None) -> None:
+    """Find a circuit for TASK on the train split and report its faithfulness on the test split.
+
+    Writes circuit.json, scores (where the method has them) and run.yaml to the output folder and prints the size,
+    the faithfulness f = (M(C) - M(empty)) / (M(full) - M(empty)) and the cost.
+
+    \b
+    Examples:
+      acdc discover ioi --method eap-ig --edges 20
+      acdc discover ioi --method acdc --threshold 0.02 --out outputs/ioi/acdc
+      acdc discover induction --method edge-pruning --edges 15 --seed 1
+    """
+    import time
+
+    from acdc import Graph, load_model
+    from acdc.attribution import EdgeScores, attribute
+    from acdc.errors import InputError
+    from acdc.runs import run_dir, write_run_yaml
+    from acdc.search import acdc_search, edge_pruning, evaluate_circuits
+    from acdc.selection import select
+    from acdc.task import get_task
+
+    t = get_task(task)
+    spec = model_spec or t.default_model
+    ablation = ablation or t.spec.defaults.ablation
+    if method == "acdc" and n_edges is not None:
+        raise InputError("acdc is controlled by --threshold, not --edges")
+    if method == "edge-pruning" and threshold is not None:
+        raise InputError("edge-pruning is controlled by --edges, not --threshold")
+    model = load_model(spec)
+    graph = Graph.from_model(model)
+    train = t.build(model, n_prompts, seed=seed, split="train")
+    test = t.build(model, n_prompts, seed=seed, split="test")
+    folder = run_dir(t.name, method, out_dir)
+    t0 = time.perf_counter()
+    scores = None
+    if method == "acdc":
+        tau = 0.01 if threshold is None else threshold
+        circuit, cost = acdc_search(model, graph, train, tau, ablation=ablation, checkpoint=folder / "search.json")
+        info = cost.as_dict()
+    elif method == "edge-pruning":
+        size = n_edges or min(graph.n_edges, max(20, round(0.05 * graph.n_edges)))
+        circuit, raw, cost = edge_pruning(model, graph, train, edges=size, ablation=ablation, steps=steps, seed=seed)
+        scores = EdgeScores(graph, raw, "edge-pruning (log alpha; larger = keep)")
+        info = cost.as_dict()
+    else:
+        scores = attribute(model, graph, train, "eap" if method == "eap" else "eap-ig-inputs",
+                           ablation=ablation)  # type: ignore[arg-type]
+        if threshold is not None:
+            circuit = select(graph, scores.scores, "threshold", tau=threshold)
+        else:
+            size = n_edges or min(graph.n_edges, max(20, round(0.05 * graph.n_edges)))
+            circuit = select(graph, scores.scores, selector, n=size)
+        batches = -(-len(train) // 32)
+        fwd, bwd = (2, 1) if method == "eap" else (6, 5)  # eap-ig: counterfactual + 5 interpolated fwd, 5 bwd
+        info = {"forwards": fwd * batches, "backwards": bwd * batches}
+    seconds = time.perf_counter() - t0
+    ev = evaluate_circuits(model, graph, test, [circuit], ablation=ablation)[0]
+    circuit.meta.update({"task": t.name, "model": spec, "faithfulness_test": ev["faithfulness"]})
+    circuit.save(folder / "circuit.json")
+    if scores is not None:
+        scores.save(folder)
+    write_run_yaml(folder, {
+        "command": "discover", "task": t.name, "task_file": str(t.path) if t.path else None, "model": spec,
+        "method": method, "threshold": threshold, "edges_requested": n_edges, "selector": selector, "seed": seed,
+        "ablation": ablation, "train": dict(train.info), "test": dict(test.info), "seconds": round(seconds, 3),
+        "cost": info, "result": {"edges": circuit.n_edges, **{k: round(v, 6) for k, v in ev.items()}},
+    })
+    click.echo(f"{method} circuit for {t.name} on {spec}: {circuit.n_edges} of {graph.n_edges} edges, "
+               f"{len(circuit.nodes())} nodes")
+    click.echo(f"test split ({len(test)} prompts): faithfulness {ev['faithfulness']:.3f}, metric {ev['metric']:.4f} "
+               f"(full {ev['full']:.4f}, empty {ev['empty']:.4f}), KL {ev['kl']:.4f}")
+    click.echo(f"cost: {seconds:.1f} s; " + ", ".join(f"{k} {v}" for k, v in info.items()))
+    click.echo(f"wrote {folder}/circuit.json, run.yaml" + (", scores.safetensors, top_edges.json" if scores else ""))
+
+
 # ---- run --------------------------------------------------------------------------------------------------------
 @main.command("run", epilog=EXAMPLES_RUN)
 @click.argument("task")

@@ -50,3 +50,34 @@ def test_interrupted_search_resumes_identically(toy_ioi, tmp_path, monkeypatch):
     assert torch.equal(got.mask, want.mask)
     with pytest.raises(InputError, match="checkpoint .* is for another search"):
         acdc_search(toy_ioi, g, data, 0.5, checkpoint=ck, progress=False)
+
+
+def test_edge_pruning_exact_size_and_deterministic(toy_ioi):
+    from acdc.search import edge_pruning
+
+    g = Graph.from_model(toy_ioi)
+    data = get_task("ioi").build(toy_ioi, 32, seed=0)
+    a, sa, _ = edge_pruning(toy_ioi, g, data, edges=25, steps=60, seed=3, progress=False)
+    b, sb, _ = edge_pruning(toy_ioi, g, data, edges=25, steps=60, seed=3, progress=False)
+    assert a.n_edges == 25 and torch.equal(a.mask, b.mask) and torch.equal(sa, sb)
+    c, _, _ = edge_pruning(toy_ioi, g, data, edges=25, steps=60, seed=4, progress=False)
+    assert c.n_edges == 25
+    with pytest.raises(InputError, match="exactly one of edges"):
+        edge_pruning(toy_ioi, g, data, progress=False)
+
+
+def test_discover_cli(tmp_path, toy_ioi):
+    from acdc.cli.main import main
+    from click.testing import CliRunner
+
+    from acdc.graph import Circuit
+
+    for method, extra in (("eap-ig", ["--edges", "30"]), ("acdc", ["--threshold", "0.02"])):
+        out = tmp_path / method
+        r = CliRunner().invoke(main, ["discover", "ioi", "--method", method, "--n", "32", "--out", str(out), *extra])
+        assert r.exit_code == 0, r.output
+        assert "faithfulness" in r.output and (out / "circuit.json").is_file() and (out / "run.yaml").is_file()
+        c = Circuit.load(out / "circuit.json", Graph.from_model(toy_ioi))
+        assert c.n_edges > 0
+    r = CliRunner().invoke(main, ["discover", "ioi", "--method", "acdc", "--edges", "5"])
+    assert r.exit_code == 2 and "--threshold" in r.output
