@@ -322,7 +322,7 @@ def scores(task: str, method: str, steps: int, level: str, model_spec: str | Non
 
 
 # ---- discover ---------------------------------------------------------------------------------------------------
-DISCOVER_METHODS = ("acdc", "edge-pruning", "eap", "eap-ig")
+DISCOVER_METHODS = ("acdc", "edge-pruning", "eap", "eap-ig", "hybrid")
 
 
 @main.command("discover")
@@ -335,6 +335,9 @@ DISCOVER_METHODS = ("acdc", "edge-pruning", "eap", "eap-ig")
                    "with |score| >= this.")
 @click.option("--edges", "n_edges", type=click.IntRange(1), default=None,
               help="Circuit size in edges (edge-pruning, eap, eap-ig) [5% of the edges, at least 20].")
+@click.option("--target-faithfulness", "target", type=click.FloatRange(0, 1, min_open=True), default=0.9,
+              show_default=True, help="hybrid: the faithfulness (train split) the circuit must reach.")
+@click.option("--no-refine", is_flag=True, help="hybrid: skip the exact pruning of the selected circuit.")
 @click.option("--selector", type=click.Choice(["greedy", "topn"]), default="greedy", show_default=True,
               help="How eap/eap-ig pick --edges edges from their scores.")
 @click.option("--model", "model_spec", default=None, help="Model spec [the task's default model].")
@@ -345,7 +348,8 @@ DISCOVER_METHODS = ("acdc", "edge-pruning", "eap", "eap-ig")
 @click.option("--steps", default=300, show_default=True, type=click.IntRange(1), help="edge-pruning training steps.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Output folder [outputs/<task>/<run-id>/]; an interrupted acdc search resumes from it.")
-def discover(task: str, method: str, threshold: float | None, n_edges: int | None, selector: str,
+def discover(task: str, method: str, threshold: float | None, n_edges: int | None, target: float, no_refine: bool,
+             selector: str,
              model_spec: str | None, n_prompts: int | None, seed: int, ablation: str | None, steps: int,
              out_dir: str | None) -> None:
     """Find a circuit for TASK on the train split and report its faithfulness on the test split.
@@ -358,6 +362,7 @@ def discover(task: str, method: str, threshold: float | None, n_edges: int | Non
       acdc discover ioi --method eap-ig --edges 20
       acdc discover ioi --method acdc --threshold 0.02 --out outputs/ioi/acdc
       acdc discover induction --method edge-pruning --edges 15 --seed 1
+      acdc discover ioi --method hybrid --target-faithfulness 0.9
     """
     import time
 
@@ -365,7 +370,7 @@ def discover(task: str, method: str, threshold: float | None, n_edges: int | Non
     from acdc.attribution import EdgeScores, attribute
     from acdc.errors import InputError
     from acdc.runs import run_dir, write_run_yaml
-    from acdc.search import acdc_search, edge_pruning, evaluate_circuits
+    from acdc.search import acdc_search, edge_pruning, evaluate_circuits, hybrid_search
     from acdc.selection import select
     from acdc.task import get_task
 
@@ -374,8 +379,10 @@ def discover(task: str, method: str, threshold: float | None, n_edges: int | Non
     ablation = ablation or t.spec.defaults.ablation
     if method == "acdc" and n_edges is not None:
         raise InputError("acdc is controlled by --threshold, not --edges")
-    if method == "edge-pruning" and threshold is not None:
-        raise InputError("edge-pruning is controlled by --edges, not --threshold")
+    if method in ("edge-pruning", "hybrid") and threshold is not None:
+        raise InputError(f"{method} is not controlled by --threshold (use --edges or --target-faithfulness)")
+    if method == "hybrid" and n_edges is not None:
+        raise InputError("hybrid is controlled by --target-faithfulness, not --edges")
     model = load_model(spec)
     graph = Graph.from_model(model)
     train = t.build(model, n_prompts, seed=seed, split="train")
@@ -386,6 +393,11 @@ def discover(task: str, method: str, threshold: float | None, n_edges: int | Non
     if method == "acdc":
         tau = 0.01 if threshold is None else threshold
         circuit, cost = acdc_search(model, graph, train, tau, ablation=ablation, checkpoint=folder / "search.json")
+        info = cost.as_dict()
+    elif method == "hybrid":
+        circuit, cost = hybrid_search(model, graph, train, target=target, ablation=ablation, refine=not no_refine)
+        scores = EdgeScores(graph, circuit.scores.double() if circuit.scores is not None else graph.valid.double(),
+                            "eap-ig-inputs")
         info = cost.as_dict()
     elif method == "edge-pruning":
         size = n_edges or min(graph.n_edges, max(20, round(0.05 * graph.n_edges)))
@@ -412,6 +424,7 @@ def discover(task: str, method: str, threshold: float | None, n_edges: int | Non
     write_run_yaml(folder, {
         "command": "discover", "task": t.name, "task_file": str(t.path) if t.path else None, "model": spec,
         "method": method, "threshold": threshold, "edges_requested": n_edges, "selector": selector, "seed": seed,
+        "target_faithfulness": target if method == "hybrid" else None,
         "ablation": ablation, "train": dict(train.info), "test": dict(test.info), "seconds": round(seconds, 3),
         "cost": info, "result": {"edges": circuit.n_edges, **{k: round(v, 6) for k, v in ev.items()}},
     })

@@ -81,3 +81,18 @@ def test_discover_cli(tmp_path, toy_ioi):
         assert c.n_edges > 0
     r = CliRunner().invoke(main, ["discover", "ioi", "--method", "acdc", "--edges", "5"])
     assert r.exit_code == 2 and "--threshold" in r.output
+
+
+def test_hybrid_reaches_its_target(toy_ioi):
+    from acdc.search import evaluate_circuits, hybrid_search
+
+    g = Graph.from_model(toy_ioi)
+    data = get_task("ioi").build(toy_ioi, 48, seed=0)
+    for refine in (False, True):
+        c, cost = hybrid_search(toy_ioi, g, data, target=0.85, refine=refine, progress=False)
+        f = evaluate_circuits(toy_ioi, g, data, [c])[0]["faithfulness"]
+        assert f >= 0.85 - 1e-6 and 0 < c.n_edges < g.n_edges, (refine, f, c.n_edges)
+        assert abs(f - c.meta["train_faithfulness"]) < 1e-4  # dangling-edge removal never changes the output
+    assert c.n_edges <= cost.extra["size_before_refine"]
+    with pytest.raises(InputError, match="target faithfulness"):
+        hybrid_search(toy_ioi, g, data, target=1.5, progress=False)
