@@ -12,7 +12,7 @@ import time
 import torch
 
 from acdc import Graph, attribute, get_task, load_model
-from acdc.search import acdc_search, edge_pruning, evaluate_circuits
+from acdc.search import acdc_search, edge_pruning, evaluate_circuits, hybrid_search
 from acdc.selection import greedy
 
 
@@ -46,6 +46,11 @@ def main() -> None:
             rows.append((f"{label} greedy n={n}", c, 1 + k, 0, 1 + 3 * k, sec))  # fwd + k (fwd + ~2 fwd of bwd)
         c, _, cost = edge_pruning(model, graph, train, edges=n, steps=300, progress=False)
         rows.append((f"edge-pruning n={n}", c, cost.passes, 0, cost.forward_equivalents, cost.seconds))
+    for target in (0.85, 0.9):
+        for refine in (False, True):
+            c, cost = hybrid_search(model, graph, train, target=target, refine=refine, progress=False)
+            label = f"hybrid f>={target}" + (" +refine" if refine else "")
+            rows.append((label, c, cost.passes, cost.masks, cost.forward_equivalents, cost.seconds))
     evals = evaluate_circuits(model, graph, test, [r[1] for r in rows])
     for (label, c, passes, masks, fe, sec), ev in zip(rows, evals, strict=True):
         print(f"{label:<28}{c.n_edges:>6}{ev['faithfulness']:>9.3f}{passes:>8}{masks:>7}{fe:>10.1f}{sec:>9.2f}")
