@@ -96,3 +96,48 @@ def test_hybrid_reaches_its_target(toy_ioi):
     assert c.n_edges <= cost.extra["size_before_refine"]
     with pytest.raises(InputError, match="target faithfulness"):
         hybrid_search(toy_ioi, g, data, target=1.5, progress=False)
+
+
+# ---- planted circuits --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def planted():
+    from tests.planted import planted_data, planted_model
+
+    model = planted_model()
+    return model, Graph.from_model(model), planted_data()
+
+
+def _names(c) -> set[str]:
+    return set(c.edge_names())
+
+
+def test_planted_circuit_is_what_matters(planted):
+    from acdc import attribute
+    from tests.planted import PLANTED
+
+    model, g, data = planted
+    ex = attribute(model, g, data, "exact", progress=False)
+    top = ex.top(len(PLANTED) + 1)
+    assert {n for n, _ in top[: len(PLANTED)]} == set(PLANTED)
+    assert abs(top[len(PLANTED)][1]) < 1e-3 * abs(top[len(PLANTED) - 1][1])
+
+
+def test_every_method_recovers_the_planted_circuit(planted):
+    from acdc import attribute
+    from acdc.search import edge_pruning, hybrid_search
+    from acdc.selection import threshold, top_n
+    from tests.planted import PLANTED
+
+    model, g, data = planted
+    want = set(PLANTED)
+    for fast in (False, True):
+        c, _ = acdc_search(model, g, data, 1e-3, fast=fast, progress=False)
+        assert _names(c) == want, ("acdc", fast, _names(c))
+    for method in ("eap", "eap-ig-inputs", "clean-corrupted", "mask-ig", "exact"):
+        s = attribute(model, g, data, method, progress=False)
+        assert _names(top_n(g, s.scores, 3)) == want, method
+        assert _names(threshold(g, s.scores, 0.1 * float(s.scores.abs().max()))) == want, method
+    c, _, _ = edge_pruning(model, g, data, edges=3, steps=200, seed=0, progress=False)
+    assert _names(c) == want, ("edge-pruning", _names(c))
+    c, _ = hybrid_search(model, g, data, target=0.99, progress=False)
+    assert _names(c) == want, ("hybrid", _names(c))
