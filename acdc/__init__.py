@@ -8,6 +8,7 @@ from acdc.errors import AcdcError, InputError
 from acdc.graph import Circuit, Graph, prune_dangling
 from acdc.models import load_model
 from acdc.patching import AblationCache, ablation_cache, masked_forward, run_with_writers
+from acdc.search import SearchCost, discover, evaluate_circuits
 from acdc.task import Task, get_task, list_tasks
 from acdc.types import TaskData
 
@@ -18,10 +19,13 @@ __all__ = [
     "EdgeScores",
     "Graph",
     "InputError",
+    "SearchCost",
     "Task",
     "TaskData",
     "ablation_cache",
     "attribute",
+    "discover",
+    "evaluate_circuits",
     "get_task",
     "list_tasks",
     "load_model",

@@ -427,3 +427,65 @@ def hybrid_search(
                                                              "ranking": method, "train_faithfulness": f_now,
                                                              **cost.as_dict()})
     return out, cost
+
+
+# ---- one interface ---------------------------------------------------------------------------------------------------
+DISCOVERY_METHODS = ("acdc", "edge-pruning", "hybrid", "eap", "eap-ig", "eap-ig-inputs", "eap-ig-activations",
+                     "clean-corrupted", "mask-ig", "exact")
+
+
+def discover(
+    model: Any,
+    graph: Graph,
+    data: TaskData,
+    method: str = "hybrid",
+    *,
+    threshold: float | None = None,
+    edges: int | None = None,
+    target: float = 0.9,
+    selector: str = "greedy",
+    ablation: str = "patch",
+    seed: int = 0,
+    steps: int | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> tuple[Circuit, SearchCost]:
+    """Find a circuit with any method; returns the circuit (scores attached where the method has them) and its cost.
+
+    - ``acdc``: ``threshold`` (default 0.01) on the KL increase; options ``fast``, ``speculate``, ``checkpoint``,
+      ``distance``.
+    - ``edge-pruning``: ``edges`` (default 5% of the graph, at least 20); ``steps`` (300), ``seed``.
+    - ``hybrid``: ``target`` faithfulness; options ``refine``, ``width``.
+    - attribution methods (``eap``, ``eap-ig``, ...): scores, then ``selector`` (greedy / topn) for ``edges`` edges,
+      or every edge with |score| >= ``threshold``.
+    """
+    from acdc.attribution import METHODS as ATTRIBUTION
+    from acdc.attribution import attribute
+    from acdc.selection import select
+
+    if method not in DISCOVERY_METHODS:
+        raise InputError(f"unknown discovery method '{method}'; choose one of {', '.join(DISCOVERY_METHODS)}")
+    default_size = min(graph.n_edges, max(20, round(0.05 * graph.n_edges)))
+    if method == "acdc":
+        return acdc_search(model, graph, data, 0.01 if threshold is None else threshold, ablation=ablation,
+                           progress=progress, **options)
+    if method == "edge-pruning":
+        c, _, cost = edge_pruning(model, graph, data, edges=edges or default_size, ablation=ablation,
+                                  steps=steps or 300, seed=seed, progress=progress, **options)
+        return c, cost
+    if method == "hybrid":
+        return hybrid_search(model, graph, data, target=target, ablation=ablation, steps=steps or 5,
+                             progress=progress, **options)
+    assert method in ATTRIBUTION
+    t0 = time.perf_counter()
+    s = attribute(model, graph, data, method, ablation=ablation, steps=steps or 5, progress=progress,  # type: ignore[arg-type]
+                  **options)
+    if threshold is not None:
+        c = select(graph, s.scores, "threshold", tau=threshold)
+    else:
+        c = select(graph, s.scores, selector, n=edges or default_size)
+    k = (steps or 5) if method in ("eap-ig", "eap-ig-inputs", "mask-ig") else 1
+    cost = SearchCost(passes=1 + 2 * k, forward_equivalents=float(1 + 3 * k) * -(-len(data) // 32),
+                      seconds=time.perf_counter() - t0)
+    c.meta.update({"method": method, **cost.as_dict()})
+    return c, cost

@@ -367,11 +367,11 @@ def discover(task: str, method: str, threshold: float | None, n_edges: int | Non
     import time
 
     from acdc import Graph, load_model
-    from acdc.attribution import EdgeScores, attribute
+    from acdc.attribution import EdgeScores
     from acdc.errors import InputError
     from acdc.runs import run_dir, write_run_yaml
-    from acdc.search import acdc_search, edge_pruning, evaluate_circuits, hybrid_search
-    from acdc.selection import select
+    from acdc.search import discover as discover_fn
+    from acdc.search import evaluate_circuits
     from acdc.task import get_task
 
     t = get_task(task)
@@ -389,32 +389,20 @@ def discover(task: str, method: str, threshold: float | None, n_edges: int | Non
     test = t.build(model, n_prompts, seed=seed, split="test")
     folder = run_dir(t.name, method, out_dir)
     t0 = time.perf_counter()
-    scores = None
+    size = n_edges
+    options: dict[str, Any] = {}
     if method == "acdc":
-        tau = 0.01 if threshold is None else threshold
-        circuit, cost = acdc_search(model, graph, train, tau, ablation=ablation, checkpoint=folder / "search.json")
-        info = cost.as_dict()
-    elif method == "hybrid":
-        circuit, cost = hybrid_search(model, graph, train, target=target, ablation=ablation, refine=not no_refine)
-        scores = EdgeScores(graph, circuit.scores.double() if circuit.scores is not None else graph.valid.double(),
-                            "eap-ig-inputs")
-        info = cost.as_dict()
-    elif method == "edge-pruning":
-        size = n_edges or min(graph.n_edges, max(20, round(0.05 * graph.n_edges)))
-        circuit, raw, cost = edge_pruning(model, graph, train, edges=size, ablation=ablation, steps=steps, seed=seed)
-        scores = EdgeScores(graph, raw, "edge-pruning (log alpha; larger = keep)")
-        info = cost.as_dict()
-    else:
-        scores = attribute(model, graph, train, "eap" if method == "eap" else "eap-ig-inputs",
-                           ablation=ablation)  # type: ignore[arg-type]
-        if threshold is not None:
-            circuit = select(graph, scores.scores, "threshold", tau=threshold)
-        else:
-            size = n_edges or min(graph.n_edges, max(20, round(0.05 * graph.n_edges)))
-            circuit = select(graph, scores.scores, selector, n=size)
-        batches = -(-len(train) // 32)
-        fwd, bwd = (2, 1) if method == "eap" else (6, 5)  # eap-ig: counterfactual + 5 interpolated fwd, 5 bwd
-        info = {"forwards": fwd * batches, "backwards": bwd * batches}
+        options["checkpoint"] = folder / "search.json"
+    if method == "hybrid":
+        options["refine"] = not no_refine
+    circuit, cost = discover_fn(model, graph, train, method, threshold=threshold, edges=size, target=target,
+                                selector=selector, ablation=ablation, seed=seed,
+                                steps=steps if method == "edge-pruning" else None, **options)
+    info = cost.as_dict()
+    scores = None
+    if circuit.scores is not None and method != "acdc":
+        label = "edge-pruning (log alpha; larger = keep)" if method == "edge-pruning" else method
+        scores = EdgeScores(graph, circuit.scores.double(), label)
     seconds = time.perf_counter() - t0
     ev = evaluate_circuits(model, graph, test, [circuit], ablation=ablation)[0]
     circuit.meta.update({"task": t.name, "model": spec, "faithfulness_test": ev["faithfulness"]})

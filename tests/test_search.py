@@ -141,3 +141,17 @@ def test_every_method_recovers_the_planted_circuit(planted):
     assert _names(c) == want, ("edge-pruning", _names(c))
     c, _ = hybrid_search(model, g, data, target=0.99, progress=False)
     assert _names(c) == want, ("hybrid", _names(c))
+
+
+def test_discover_one_interface(planted):
+    from acdc import discover
+    from tests.planted import PLANTED
+
+    model, g, data = planted
+    for method, kw in (("acdc", {"threshold": 1e-3}), ("eap-ig", {"edges": 3}), ("hybrid", {"target": 0.99}),
+                       ("edge-pruning", {"edges": 3, "steps": 150})):
+        c, cost = discover(model, g, data, method, progress=False, **kw)
+        assert set(c.edge_names()) == set(PLANTED), method
+        assert cost.seconds > 0
+    with pytest.raises(InputError, match="unknown discovery method"):
+        discover(model, g, data, "magic")
