@@ -308,10 +308,13 @@ def _masked(
     start: int = 0,
     prefix: torch.Tensor | None = None,
     keep: list[torch.Tensor] | None = None,
+    stop: int | None = None,
 ) -> torch.Tensor:
     """The masked pass. Without gradients it can start at reader group ``start`` from ``prefix``, the deltas of the
     writers before it (``[n_prefix, B, P, d]``, shared by all K masks: the masks must agree on every edge into
-    earlier readers); ``keep`` receives the store of deltas ``[n_src, K, B, P, d]``."""
+    earlier readers); ``keep`` receives the store of deltas ``[n_src, K, B, P, d]``. With ``stop`` the pass ends
+    before reader group ``stop`` (only the writers before it are computed, into ``keep``) and returns nothing
+    useful (an empty tensor)."""
     K = m.shape[0]
     B, P = clean.shape
     H, G, dh, d, L = arch.n_heads, arch.n_kv_heads, arch.d_head, arch.d_model, arch.n_layers
@@ -349,6 +352,8 @@ def _masked(
         start = 0
         write(0, arch.embed(clean).unsqueeze(0).expand(K, B, P, d).reshape(1, N, P, d))
     for layer in range(L):
+        if stop is not None and 2 * layer >= stop:
+            break
         if 2 * layer >= start:  # earlier groups come from the prefix
             n_up = graph.n_upstream_attn(layer)
             blk = m[:, :n_up, graph.attn_readers(layer)]
@@ -361,12 +366,18 @@ def _masked(
             q, k, v = qkv.view(-1, N, P, dh).split([H, G, G])
             z = arch.attention(q, k, v)
             write(graph.head_writer(layer, 0), torch.bmm(z.view(H, N * P, dh), arch.W_O[layer]))
+        if stop is not None and 2 * layer + 1 >= stop:
+            break
         if 2 * layer + 1 >= start:
             n_up = graph.n_upstream_mlp(layer)
             r = graph.mlp_reader(layer)
             x = _single_input(m[:, :n_up, r], cache.base_mlp[layer], total, store.buf[:n_up], inputs)
             write(graph.mlp_writer(layer), arch.mlp(layer, arch.ln2[layer](x.view(N, P, d))).unsqueeze(0))
 
+    if stop is not None and stop <= 2 * L:
+        if keep is not None:
+            keep.append(store.buf)
+        return torch.empty(0)
     r = graph.logits_index
     x = _single_input(m[:, :, r], cache.base_final, total, store.buf, inputs)
     if keep is not None:

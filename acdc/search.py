@@ -11,8 +11,9 @@ its incoming edges are removed without evaluation (this changes nothing).
 Fast, same answer (``fast=True``):
 - every candidate of one reader leaves everything below that reader unchanged, so the masked forward starts at
   the reader's layer from the writers' outputs computed once per reader (``start``/``prefix`` of the masked pass);
-- ``speculate`` candidates are evaluated in one batched pass, candidate j assuming candidates 1..j-1 removed; the
-  decisions are then replayed in order and, at the first rejection, speculation restarts after the rejected edge.
+- up to ``speculate`` candidates are evaluated in one batched pass, candidate j assuming candidates 1..j-1 removed;
+  the decisions are then replayed in order and, at the first rejection, speculation restarts after the rejected
+  edge, with a width that follows the recent run of acceptances (doubling after a batch fully accepted).
   Every decision compares exactly the two circuits the sequential search compares.
 
 Checkpoints: with ``checkpoint=PATH`` the state (mask, distance, next reader) is written atomically after every
@@ -95,12 +96,14 @@ def acdc_search(
     t0 = time.perf_counter()
 
     def run(masks: torch.Tensor, start: int = 0, prefix: torch.Tensor | None = None,
-            keep: list[torch.Tensor] | None = None) -> torch.Tensor:
+            keep: list[torch.Tensor] | None = None, stop: int | None = None) -> torch.Tensor:
         cost.passes += 1
         cost.masks += masks.shape[0]
-        cost.forward_equivalents += masks.shape[0] * (groups - (start if prefix is not None else 0)) / groups
+        span = (stop if stop is not None else groups) - (start if prefix is not None else 0)
+        cost.forward_equivalents += masks.shape[0] * span / groups
         with torch.no_grad():
-            return _masked(arch, graph, clean, cache, masks.to(arch.dtype), start=start, prefix=prefix, keep=keep)
+            return _masked(arch, graph, clean, cache, masks.to(arch.dtype), start=start, prefix=prefix, keep=keep,
+                           stop=stop)
 
     with torch.no_grad():
         full_logits = run(valid.unsqueeze(0))[0]
@@ -159,13 +162,14 @@ def _visit_fast(run, dist, mask: torch.Tensor, r: int, cands: list[int], current
     group = reader_group(graph, r)
     keep: list[torch.Tensor] = []
     if group > 0:
-        run(mask.unsqueeze(0), keep=keep)  # the writers below this reader, once (they never change here)
+        run(mask.unsqueeze(0), keep=keep, stop=group)  # the writers below this reader, once (they never change here)
         prefix = keep[0][: prefix_writers(graph, group), 0]
     else:
         prefix = None
     i = 0
+    width = speculate
     while i < len(cands):
-        batch = cands[i : i + speculate]
+        batch = cands[i : i + width]
         trials = mask.unsqueeze(0).repeat(len(batch), 1, 1)
         for j, u in enumerate(batch):
             trials[j:, u, r] = False  # trial j removes batch[0..j]
@@ -180,6 +184,8 @@ def _visit_fast(run, dist, mask: torch.Tensor, r: int, cands: list[int], current
                 rejected = j
                 break
         i += len(batch) if rejected is None else rejected + 1
+        # speculate as far as acceptances have been running (this changes the cost, never the decisions)
+        width = min(speculate, 2 * width) if rejected is None else max(1, min(speculate, rejected + 1))
     return current
 
 
