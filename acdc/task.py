@@ -113,6 +113,12 @@ class _Tok:
     chat: bool
     bos: bool
 
+    @classmethod
+    def for_dataset(cls, model: Any, ds: TemplatesDataset | PairsDataset) -> _Tok:
+        """The model's tokenizer with the dataset's chat-template and BOS conventions."""
+        bos = ds.prepend_bos if ds.prepend_bos is not None else not ds.chat_template
+        return cls(_model_tokenizer(model), int(model.cfg.d_vocab), _n_ctx(model), ds.chat_template, bos)
+
     def render(self, text: str) -> str:
         if not self.chat:
             return text
@@ -278,9 +284,7 @@ class Task:
         self, model: Any, ds: TemplatesDataset, rule: Counterfactual, n: int, split: str,
         gen: np.random.Generator, loc: Loc,
     ) -> list[_Pair]:
-        tok = _model_tokenizer(model)
-        tk = _Tok(tok, int(model.cfg.d_vocab), _n_ctx(model), ds.chat_template,
-                  ds.prepend_bos if ds.prepend_bos is not None else not ds.chat_template)
+        tk = _Tok.for_dataset(model, ds)
         spec = self.spec
         fixed_answer, fixed_wrong = self._answer_words(tk, "answer"), self._answer_words(tk, "wrong")
         slot_answers: dict[str, dict[str, int]] = {}
@@ -429,9 +433,7 @@ class Task:
         self, model: Any, ds: PairsDataset, n: int, explicit_n: bool, split: str, gen: np.random.Generator,
         loc: Loc,
     ) -> list[_Pair]:
-        tok = _model_tokenizer(model)
-        tk = _Tok(tok, int(model.cfg.d_vocab), _n_ctx(model), ds.chat_template,
-                  ds.prepend_bos if ds.prepend_bos is not None else not ds.chat_template)
+        tk = _Tok.for_dataset(model, ds)
         spec = self.spec
         fixed_answer, fixed_wrong = self._answer_words(tk, "answer"), self._answer_words(tk, "wrong")
         fname = self._pairs_file(ds).name
