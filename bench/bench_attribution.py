@@ -21,24 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
+from _timing import timed
 
 SHAPE = dict(n_layer=12, n_head=12, d_model=768, vocab=50257, n_ctx=1024, seed=0)
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
 
 
 def make(batch: int, pos: int):

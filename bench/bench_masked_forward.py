@@ -15,23 +15,12 @@ and near-full (0.2% of edges removed: what ACDC evaluates).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from _timing import timed
 
 from acdc import Graph, ablation_cache, masked_forward, prune_dangling
 from acdc.models import random_gpt2, random_gpt2_hf
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
 
 
 def main() -> None:

@@ -249,6 +249,17 @@ def tasks_validate(file: str, model_spec: str | None, n_prompts: int) -> None:
     click.echo(f"ok: {file} is a valid task file" + ("" if model_spec else " (add --model M to build it too)"))
 
 
+def _task_setup(task: str, model_spec: str | None, ablation: str | None) -> tuple[Any, str, str, Any, Any]:
+    """(task, model spec, ablation, model, graph) for a command on TASK: the task's defaults fill what is not given."""
+    from acdc import Graph, load_model
+    from acdc.task import get_task
+
+    t = get_task(task)
+    spec = model_spec or t.default_model
+    model = load_model(spec)
+    return t, spec, ablation or t.spec.defaults.ablation, model, Graph.from_model(model)
+
+
 # ---- scores -----------------------------------------------------------------------------------------------------
 SCORE_METHODS = ("eap", "eap-ig-inputs", "eap-ig", "eap-ig-activations", "clean-corrupted", "mask-ig", "exact")
 
@@ -290,16 +301,10 @@ def scores(task: str, method: str, steps: int, level: str, model_spec: str | Non
     """
     import time
 
-    from acdc import Graph, load_model
     from acdc.attribution import attribute
     from acdc.runs import run_dir, write_run_yaml
-    from acdc.task import get_task
 
-    t = get_task(task)
-    spec = model_spec or t.default_model
-    ablation = ablation or t.spec.defaults.ablation
-    model = load_model(spec)
-    graph = Graph.from_model(model)
+    t, spec, ablation, model, graph = _task_setup(task, model_spec, ablation)
     data = t.build(model, n_prompts, seed=seed, split=split, counterfactual=counterfactual)
     t0 = time.perf_counter()
     result = attribute(model, graph, data, method, ablation=ablation, steps=steps, level=level,  # type: ignore[arg-type]
@@ -366,25 +371,19 @@ def discover(task: str, method: str, threshold: float | None, n_edges: int | Non
     """
     import time
 
-    from acdc import Graph, load_model
     from acdc.attribution import EdgeScores
     from acdc.errors import InputError
     from acdc.runs import run_dir, write_run_yaml
     from acdc.search import discover as discover_fn
     from acdc.search import evaluate_circuits
-    from acdc.task import get_task
 
-    t = get_task(task)
-    spec = model_spec or t.default_model
-    ablation = ablation or t.spec.defaults.ablation
     if method == "acdc" and n_edges is not None:
         raise InputError("acdc is controlled by --threshold, not --edges")
     if method in ("edge-pruning", "hybrid") and threshold is not None:
         raise InputError(f"{method} is not controlled by --threshold (use --edges or --target-faithfulness)")
     if method == "hybrid" and n_edges is not None:
         raise InputError("hybrid is controlled by --target-faithfulness, not --edges")
-    model = load_model(spec)
-    graph = Graph.from_model(model)
+    t, spec, ablation, model, graph = _task_setup(task, model_spec, ablation)
     train = t.build(model, n_prompts, seed=seed, split="train")
     test = t.build(model, n_prompts, seed=seed, split="test")
     folder = run_dir(t.name, method, out_dir)
@@ -447,15 +446,10 @@ def run(task: str, model_spec: str | None, n_prompts: int | None, seed: int | No
     """
     import torch
 
-    from acdc import Circuit, Graph, ablation_cache, load_model, masked_forward
+    from acdc import Circuit, ablation_cache, masked_forward
     from acdc.metrics import faithfulness, kl_divergence, task_metric
-    from acdc.task import get_task
 
-    t = get_task(task)
-    spec = model_spec or t.default_model
-    ablation = ablation or t.spec.defaults.ablation
-    model = load_model(spec)
-    graph = Graph.from_model(model)
+    t, spec, ablation, model, graph = _task_setup(task, model_spec, ablation)
     data = t.build(model, n_prompts, seed=seed, split=split, counterfactual=counterfactual)
     clean, corrupt, pos = data.clean, data.corrupt, data.positions
     with torch.no_grad():

@@ -170,17 +170,16 @@ class Recipe:
 
 
 def _build(recipe: Recipe, seed: int) -> Any:
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2Config
 
     cfg = GPT2Config(
         vocab_size=VOCAB_SIZE, n_positions=recipe.n_ctx, n_embd=recipe.d_model, n_layer=recipe.n_layer,
         n_head=recipe.n_head, n_inner=4, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         bos_token_id=BOS_ID, eos_token_id=BOS_ID, pad_token_id=1, tie_word_embeddings=False,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model: Any = GPT2LMHeadModel(cfg)
-    model.set_attn_implementation("eager")
+    from acdc.zoo.registry import seeded_gpt2
+
+    model = seeded_gpt2(cfg, seed)
     for block in model.transformer.h:  # attention-only: MLPs zeroed and frozen (the architecture stays GPT-2)
         for p in block.mlp.parameters():
             p.data.zero_()

@@ -413,7 +413,7 @@ def _augment(
 
 
 def _build(recipe: Recipe, seed: int, vocab_size: int) -> Any:
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2Config
 
     cfg = GPT2Config(
         vocab_size=vocab_size, n_positions=recipe.n_ctx, n_embd=recipe.d_model, n_layer=recipe.n_layer,
@@ -421,10 +421,9 @@ def _build(recipe: Recipe, seed: int, vocab_size: int) -> Any:
         bos_token_id=0, eos_token_id=0, pad_token_id=1,
         tie_word_embeddings=recipe.tie_embeddings, activation_function=recipe.activation,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model: Any = GPT2LMHeadModel(cfg)
-    model.set_attn_implementation("eager")
+    from acdc.zoo.registry import seeded_gpt2
+
+    model = seeded_gpt2(cfg, seed)
     return model
 
 

@@ -240,7 +240,7 @@ class Recipe:
 
 
 def _build(recipe: Recipe, seed: int, vocab_size: int, tok: Any) -> Any:
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2Config
 
     cfg = GPT2Config(
         vocab_size=vocab_size,
@@ -257,10 +257,9 @@ def _build(recipe: Recipe, seed: int, vocab_size: int, tok: Any) -> Any:
         pad_token_id=tok.pad_token_id,
         tie_word_embeddings=False,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model: Any = GPT2LMHeadModel(cfg)
-    model.set_attn_implementation("eager")
+    from acdc.zoo.registry import seeded_gpt2
+
+    model = seeded_gpt2(cfg, seed)
     return model
 
 

@@ -84,6 +84,19 @@ ZOO: dict[str, ZooSpec] = {
 """All zoo models by name."""
 
 
+def seeded_gpt2(cfg: Any, seed: int) -> Any:
+    """``GPT2LMHeadModel(cfg)`` initialised from ``seed`` without touching the global RNG, with eager attention (the
+    zoo trainers read attention patterns)."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model: Any = GPT2LMHeadModel(cfg)
+    model.set_attn_implementation("eager")
+    return model
+
+
 def zoo_dir() -> Path:
     """The directory holding trained zoo models: `$ACDC_ZOO_DIR` if set, else `~/.cache/acdc/zoo`."""
     env = os.environ.get(ZOO_DIR_ENV)
