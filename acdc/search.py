@@ -309,21 +309,15 @@ def evaluate_circuits(
 ) -> list[dict[str, float]]:
     """Exact faithfulness of each circuit on ``data``: the task metric M of the circuit, of the full and of the empty
     circuit (prompt-averaged), ``f = (M(C) - M(empty)) / (M(full) - M(empty))`` and KL(full || C). Circuits are
-    evaluated ``batch`` masks per masked forward."""
-    arch = get_arch(model)
-    cache = ablation_cache(model, graph, data.corrupt if ablation != "zero" else None, ablation)  # type: ignore[arg-type]
-    masks = [graph.valid, torch.zeros_like(graph.valid)] + [c.mask for c in circuits]
-    values, kls = [], []
-    with torch.no_grad():
-        ref = _masked(arch, graph, data.clean, cache, graph.valid.to(arch.dtype).unsqueeze(0))[0]
-        for i in range(0, len(masks), batch):
-            m = torch.stack(masks[i : i + batch]).to(arch.dtype)
-            logits = _masked(arch, graph, data.clean, cache, m)
-            values += task_metric(data, logits, ref).mean(-1).tolist()
-            kls += kl_divergence(logits, ref, data.positions).mean(-1).tolist()
-    full, empty = values[0], values[1]
-    return [{"metric": v, "faithfulness": (v - empty) / (full - empty) if full != empty else float("nan"),
-             "kl": max(k, 0.0), "full": full, "empty": empty} for v, k in zip(values[2:], kls[2:], strict=True)]
+    evaluated ``batch`` masks per masked forward (see :func:`acdc.pareto.evaluate_masks`; intervals:
+    :func:`acdc.pareto.faithfulness_ci`)."""
+    from acdc.pareto import evaluate_masks
+
+    ev = evaluate_masks(model, graph, data, [c.mask for c in circuits], ablation=ablation, batch=batch)
+    full, empty = float(ev.full.mean()), float(ev.empty.mean())
+    return [{"metric": float(v), "faithfulness": (float(v) - empty) / (full - empty) if full != empty
+             else float("nan"), "kl": float(k), "full": full, "empty": empty}
+            for v, k in zip(ev.metric.mean(1), ev.kl.mean(1), strict=True)]
 
 
 # ---- hybrid: attribution ranking, exact decisions ----------------------------------------------------------------
