@@ -332,9 +332,13 @@ def hybrid_search(
     ablation: str = "patch",
     width: int = 8,
     refine: bool = True,
+    scores: Any = None,
     progress: bool = True,
 ) -> tuple[Circuit, SearchCost]:
     """Rank edges by attribution, then let exact masked forwards decide (see the README's "hybrid" section).
+
+    ``scores``: an :class:`EdgeScores` of ``method`` computed earlier on the same data, reused instead of scoring
+    again (several targets from one ranking; its cost is then not counted again).
 
     1. Score every edge with ``method`` (EAP-IG by default) and order circuits by size with greedy growth from the
        logits (each size's circuit has every edge on a path to the logits; dangling edges removed).
@@ -354,9 +358,10 @@ def hybrid_search(
     _check_graph(graph, arch)
     t0 = time.perf_counter()
     cost = SearchCost()
-    scores = attribute(model, graph, data, method, steps=steps, ablation=ablation, progress=progress)  # type: ignore[arg-type]
-    k = steps if method in ("eap-ig-inputs", "eap-ig") else 1
-    cost.forward_equivalents += 1 + 3 * k  # counterfactual fwd + k (fwd + bwd ~ 2 fwd)
+    if scores is None:
+        scores = attribute(model, graph, data, method, steps=steps, ablation=ablation, progress=progress)  # type: ignore[arg-type]
+        k = steps if method in ("eap-ig-inputs", "eap-ig") else 1
+        cost.forward_equivalents += 1 + 3 * k  # counterfactual fwd + k (fwd + bwd ~ 2 fwd)
     cache = ablation_cache(model, graph, data.corrupt if ablation != "zero" else None, ablation)  # type: ignore[arg-type]
     clean = data.clean.to(arch.device)
     with torch.no_grad():

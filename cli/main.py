@@ -12,15 +12,6 @@ import click
 
 from acdc.errors import AcdcError
 
-EXAMPLES_RUN = """
-\b
-Examples:
-  acdc run induction
-  acdc run induction --model zoo:toy-induction --n 128 --ablation mean
-  acdc run ioi --split test --counterfactual s2-io-flip
-  acdc run path/to/my_task.yaml
-"""
-
 
 class _Group(click.Group):
     """Turns the library's errors into one line on stderr and its exit status; tracebacks only with ACDC_DEBUG=1."""
@@ -47,8 +38,10 @@ def main(verbose: bool) -> None:
 
     \b
     Examples:
-      acdc run induction          # offline, on the zoo's toy induction model
+      acdc run induction          # the main job, offline, on the zoo's toy induction model
+      acdc evaluate ioi           # full / empty circuit check
       acdc scores ioi --method eap-ig-inputs
+      acdc discover ioi --method hybrid
       acdc tasks list
       acdc zoo list
     """
@@ -423,63 +416,219 @@ def discover(task: str, method: str, threshold: float | None, n_edges: int | Non
     click.echo(f"wrote {folder}/circuit.json, run.yaml" + (", scores.safetensors, top_edges.json" if scores else ""))
 
 
-# ---- run --------------------------------------------------------------------------------------------------------
-@main.command("run", epilog=EXAMPLES_RUN)
-@click.argument("task")
-@click.option(
-    "--model", "model_spec", default=None, help="Model spec: zoo:NAME, a local HF checkpoint dir, or a hub name."
-)
-@click.option("--n", "n_prompts", default=None, type=click.IntRange(1), help="Number of prompts [task default].")
-@click.option("--seed", default=None, type=int, help="Seed for the prompts [task default].")
-@click.option("--split", default="train", show_default=True, type=click.Choice(["train", "validation", "test"]))
-@click.option("--counterfactual", default=None, help="Counterfactual rule of the task [task default].")
-@click.option(
-    "--ablation", type=click.Choice(["patch", "mean", "zero"]), default=None,
-    help="What replaces edges outside the circuit [task default].",
-)
-def run(task: str, model_spec: str | None, n_prompts: int | None, seed: int | None, split: str,
-        counterfactual: str | None, ablation: str | None) -> None:
-    """Evaluate the full and the empty circuit of TASK (a name or a YAML path) with the exact masked forward.
+# ---- run / pareto (the main job) --------------------------------------------------------------------------------
+def _methods(value: str) -> tuple[str, ...]:
+    from acdc.errors import InputError
+    from acdc.job import JOB_METHODS
 
-    Prints the task metric of the clean and counterfactual runs and of the full and empty circuits, with their
-    normalised faithfulness (1 = all behaviour recovered, 0 = none) and KL divergence from the clean model.
+    items = tuple(m.strip() for m in value.split(",") if m.strip())
+    bad = [m for m in items if m not in JOB_METHODS]
+    if bad:
+        raise InputError(f"unknown method(s) {', '.join(bad)} in --methods; choose from {', '.join(JOB_METHODS)} "
+                         "(comma-separated)")
+    return items
+
+
+def _job_options(f: Any) -> Any:
+    """Options shared by `acdc run` and `acdc pareto`."""
+    opts = [
+        click.option("--model", "model_spec", default=None,
+                     help="Model spec: zoo:NAME, a local HF checkpoint dir, or a hub name [the task's default]."),
+        click.option("--methods", default="eap,eap-ig,edge-pruning,hybrid,acdc", show_default=True,
+                     help="Comma-separated methods to run."),
+        click.option("--n", "n_prompts", default=None, type=click.IntRange(1),
+                     help="Prompts per split (train for discovery, test for evaluation) [task default]."),
+        click.option("--seed", default=0, show_default=True, type=int, help="Seed for prompts, masks, bootstrap."),
+        click.option("--ablation", type=click.Choice(["patch", "mean", "zero"]), default=None,
+                     help="What replaces edges outside a circuit [task default]."),
+        click.option("--counterfactual", default=None, help="Counterfactual rule of the task [task default]."),
+        click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(0),
+                     help="Bootstrap resamples for the 95% intervals (0: none)."),
+        click.option("--acdc-budget", default=300.0, show_default=True, type=click.FloatRange(0),
+                     help="Seconds ACDC may take; thresholds that don't fit are dropped (with a note)."),
+        click.option("--ep-steps", default=300, show_default=True, type=click.IntRange(1),
+                     help="Edge-pruning training steps."),
+        click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+                     help="Output folder [outputs/<task>/<run-id>/]."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _run_job(task: str, model_spec: str | None, methods: str, n_prompts: int | None, seed: int,
+             ablation: str | None, counterfactual: str | None, bootstrap: int, acdc_budget: float, ep_steps: int,
+             out_dir: str | None, *, circuits: bool, score_dirs: tuple[str, ...] = ()) -> dict[str, Any]:
+    from acdc.job import JobOptions, run_job
+
+    opts = JobOptions(methods=_methods(methods) if methods else (), n=n_prompts, seed=seed, ablation=ablation,
+                      counterfactual=counterfactual, bootstrap=bootstrap, acdc_budget_s=acdc_budget,
+                      ep_steps=ep_steps, circuits=circuits, report=circuits, score_dirs=score_dirs,
+                      command="acdc " + " ".join(sys.argv[1:]))
+    return run_job(task, model_spec, out_dir, opts, log=lambda line: click.echo(line, err=True))
+
+
+@main.command("run")
+@click.argument("task")
+@_job_options
+def run(task: str, model_spec: str | None, methods: str, n_prompts: int | None, seed: int, ablation: str | None,
+        counterfactual: str | None, bootstrap: int, acdc_budget: float, ep_steps: int, out_dir: str | None) -> None:
+    """The main job: find circuits for TASK with several methods, sweep their sizes, draw them, write a report.
+
+    On the task's default (zoo) model it builds train and test prompts, runs the methods on train (EAP, EAP-IG,
+    edge pruning, hybrid, and ACDC when it fits --acdc-budget), evaluates every circuit size exactly on test with
+    95% bootstrap intervals, and writes report.html, pareto.json/svg/png, circuit.svg/png (the headline circuit),
+    circuits/<method>.json/svg/png, mib/ and summary.json. Prints the report's path and the summary table.
+
+    \b
+    Examples:
+      acdc run induction
+      acdc run ioi --methods eap,eap-ig,hybrid --n 100
+      acdc run refusal --model zoo:toy-refusal --out outputs/refusal/mine
+      acdc run path/to/my_task.yaml --bootstrap 200
+    """
+    s = _run_job(task, model_spec, methods, n_prompts, seed, ablation, counterfactual, bootstrap, acdc_budget,
+                 ep_steps, out_dir, circuits=True)
+    from acdc.job import summary_table
+
+    click.echo(f"{s['task']} on {s['model']}: {s['graph']['edges']} edges; f on {s['data']['test']['n']} test "
+               f"prompts ({s['metric']})")
+    for line in summary_table(s):
+        click.echo(line)
+    if s["headline"]:
+        click.echo(f"headline circuit: {s['headline']} ({s['folder']}/circuit.svg)")
+    for note in s["notes"]:
+        click.echo(f"note: {note}")
+    click.echo(f"report: {s['folder']}/report.html ({s['timings']['total_s']:.0f} s)")
+
+
+@main.command("pareto")
+@click.argument("task")
+@_job_options
+@click.option("--scores", "score_dirs", multiple=True, type=click.Path(file_okay=False, exists=True),
+              help="Also sweep rankings saved by `acdc scores` (a run folder; repeatable).")
+def pareto(task: str, model_spec: str | None, methods: str, n_prompts: int | None, seed: int, ablation: str | None,
+           counterfactual: str | None, bootstrap: int, acdc_budget: float, ep_steps: int, out_dir: str | None,
+           score_dirs: tuple[str, ...]) -> None:
+    """Curves of circuit size vs loss recovered for TASK, their pareto frontier and summaries (CPR, CMD, edges
+    needed for f >= 0.8 / 0.9 / 0.99), evaluated exactly on the test split.
+
+    Writes pareto.json, pareto.svg/png and mib/ to the output folder; `acdc run` does this and more.
+
+    \b
+    Examples:
+      acdc pareto ioi --methods eap,eap-ig
+      acdc pareto induction --methods eap-ig --scores outputs/induction/20261121-050000-exact
+    """
+    s = _run_job(task, model_spec, methods if methods or not score_dirs else "", n_prompts, seed, ablation,
+                 counterfactual, bootstrap, acdc_budget, ep_steps, out_dir, circuits=False, score_dirs=score_dirs)
+    p = s["pareto"]
+    click.echo(f"{s['task']} on {s['model']}: {p['n_edges_total']} edges, {p['n_prompts']} test prompts")
+    click.echo(f"{'method':<22}{'CPR':>7}{'CMD':>7}   edges for f>=0.8/0.9/0.99")
+    for row in p["summary"]:
+        need = "/".join("-" if v is None else str(v) for v in row["edges_for"].values())
+        cpr = "n/a" if row["cpr"] is None else f"{row['cpr']:.3f}"
+        cmd = "n/a" if row["cmd"] is None else f"{row['cmd']:.3f}"
+        click.echo(f"{row['method']:<22}{cpr:>7}{cmd:>7}   {need}")
+    click.echo("frontier: " + ", ".join(f"{f['method']} {f['edges']} edges f={f['f']:.3f}" for f in p["frontier"]))
+    click.echo(f"wrote {s['folder']}/pareto.json, pareto.svg, pareto.png")
+
+
+# ---- draw / evaluate / report ------------------------------------------------------------------------------------
+@main.command("draw")
+@click.argument("circuit_file", type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Folder for the images [the circuit file's folder].")
+@click.option("--title", default=None, help="Title drawn above the graph [from the circuit's metadata].")
+def draw(circuit_file: str, out_dir: str | None, title: str | None) -> None:
+    """Draw the circuit in CIRCUIT_FILE (circuit.json from `acdc discover` or `acdc run`) as SVG and PNG.
+
+    \b
+    Examples:
+      acdc draw outputs/ioi/20261121-050000-run/circuits/eap-ig.json
+      acdc draw circuit.json --out figures --title "IOI circuit"
+    """
+    from pathlib import Path
+
+    from acdc import Circuit
+    from acdc.export.circuit import draw_circuit
+
+    c = Circuit.load(circuit_file)
+    folder = Path(out_dir) if out_dir else Path(circuit_file).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    m = c.meta
+    default = f"{m.get('method', 'circuit')}" + (f" for {m['task']}" if m.get("task") else "") + \
+        (f" on {m['model']}" if m.get("model") else "") + f": {c.n_edges} edges"
+    paths = draw_circuit(c, folder / Path(circuit_file).stem, title=title or default)
+    click.echo("wrote " + ", ".join(str(p) for p in paths))
+
+
+@main.command("evaluate")
+@click.argument("task")
+@click.argument("circuit_files", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--model", "model_spec", default=None, help="Model spec [the task's default model].")
+@click.option("--n", "n_prompts", default=None, type=click.IntRange(1), help="Number of prompts [task default].")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed for the prompts and the bootstrap.")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "validation", "test"]))
+@click.option("--counterfactual", default=None, help="Counterfactual rule of the task [task default].")
+@click.option("--ablation", type=click.Choice(["patch", "mean", "zero"]), default=None,
+              help="What replaces edges outside the circuit [task default].")
+@click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(0),
+              help="Bootstrap resamples for the 95% intervals (0: none).")
+def evaluate(task: str, circuit_files: tuple[str, ...], model_spec: str | None, n_prompts: int | None, seed: int,
+             split: str, counterfactual: str | None, ablation: str | None, bootstrap: int) -> None:
+    """Exact faithfulness of circuits (circuit.json files) on TASK, with 95% bootstrap intervals.
+
+    f = (M(C) - M(empty)) / (M(full) - M(empty)) on the chosen split (test by default), and KL(full || C). Without
+    circuit files, it evaluates the full and the empty circuit next to the clean and counterfactual model: the check
+    that patching is exact end to end (full = clean, empty = counterfactual).
+
+    \b
+    Examples:
+      acdc evaluate ioi
+      acdc evaluate ioi outputs/ioi/20261121-050000-run/circuits/eap-ig.json --n 400
+      acdc evaluate induction a.json b.json --split validation --ablation mean
     """
     import torch
 
-    from acdc import Circuit, ablation_cache, masked_forward
-    from acdc.metrics import faithfulness, kl_divergence, task_metric
+    from acdc import Circuit
+    from acdc.metrics import task_metric
+    from acdc.pareto import evaluate_masks, faithfulness_ci
 
     t, spec, ablation, model, graph = _task_setup(task, model_spec, ablation)
     data = t.build(model, n_prompts, seed=seed, split=split, counterfactual=counterfactual)
-    clean, corrupt, pos = data.clean, data.corrupt, data.positions
-    with torch.no_grad():
-        m_clean = model(clean)
-        m_corrupt = model(corrupt)
-        cache = ablation_cache(model, graph, corrupt if ablation != "zero" else None, ablation)  # type: ignore[arg-type]
-        full, empty = Circuit.full(graph), Circuit.empty(graph)
-        masks = torch.stack([full.mask, empty.mask]).float()
-        logits = masked_forward(model, graph, clean, cache, masks)
-    metric = task_metric(data, logits, m_clean).mean(-1)
-    kl = kl_divergence(logits, m_clean, pos).mean(-1)
-    base_clean = float(task_metric(data, m_clean, m_clean).mean())
-    base_corrupt = float(task_metric(data, m_corrupt, m_clean).mean())
-    f = faithfulness(metric, metric[1], metric[0])
+    circuits = [Circuit.load(f, graph) for f in circuit_files] or [Circuit.full(graph), Circuit.empty(graph)]
+    labels = list(circuit_files) or ["full circuit", "empty circuit"]
+    ev = evaluate_masks(model, graph, data, [c.mask for c in circuits], ablation=ablation)
+    st = faithfulness_ci(ev, n_boot=bootstrap, seed=seed)
+    click.echo(f"task {t.name} on {spec} · {len(data)} prompts x {data.clean.shape[1]} tokens ({split} split) · "
+               f"metric: {data.description} · ablation: {ablation} · graph {graph.n_edges} edges")
+    if not circuit_files:
+        with torch.no_grad():
+            m_clean, m_corrupt = model(data.clean), model(data.corrupt)
+        click.echo(f"{'clean model':<34}{float(task_metric(data, m_clean, m_clean).mean()):>10.4f}")
+        click.echo(f"{'counterfactual model':<34}{float(task_metric(data, m_corrupt, m_clean).mean()):>10.4f}")
+    click.echo(f"{'circuit':<34}{'edges':>6}{'metric':>10}{'faithfulness [95% CI]':>30}{'KL(full||C)':>13}")
+    for i, (label, c) in enumerate(zip(labels, circuits, strict=True)):
+        lo, hi = float(st["f_lo"][i]), float(st["f_hi"][i])
+        ci = "" if lo != lo else f" [{lo:.3f}, {hi:.3f}]"
+        name = label if len(label) <= 33 else "..." + label[-30:]
+        click.echo(f"{name:<34}{c.n_edges:>6}{float(ev.metric[i].mean()):>10.4f}"
+                   f"{float(st['f'][i]):>12.3f}{ci:<18}{float(st['kl'][i]):>13.4f}")
 
-    cfg = model.cfg
-    click.echo(
-        f"model {spec} · {cfg.n_layers} layers x {cfg.n_heads} heads · graph: {graph.n_src} writers, "
-        f"{graph.n_dst} readers, {graph.n_edges} edges"
-    )
-    click.echo(
-        f"task {t.name} · {clean.shape[0]} prompts x {clean.shape[1]} tokens ({split} split) · metric: "
-        f"{data.description} · ablation: {ablation}"
-    )
-    click.echo(f"{'':28}{'metric':>10}{'faithfulness':>14}{'KL(clean||.)':>14}")
-    click.echo(f"{'clean model':28}{base_clean:>10.4f}")
-    click.echo(f"{'counterfactual model':28}{base_corrupt:>10.4f}")
-    for i, (label, c) in enumerate((("full circuit", full), ("empty circuit", empty))):
-        name = f"{label} ({c.n_edges} edges)"
-        click.echo(f"{name:28}{float(metric[i]):>10.4f}{float(f[i]):>14.3f}{max(float(kl[i]), 0.0):>14.4f}")
+
+@main.command("report")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+def report(run_dir: str) -> None:
+    """(Re)write RUN_DIR/report.html from the run's summary.json and images (self-contained: opens offline).
+
+    \b
+    Example:
+      acdc report outputs/ioi/20261121-050000-run
+    """
+    from acdc.export.report import write_report
+
+    click.echo(f"wrote {write_report(run_dir)}")
 
 
 def entry() -> None:  # pragma: no cover - console script shim
