@@ -88,7 +88,8 @@ def test_cli_bad_input_is_one_line_exit_2(args, message):
 
 
 def test_cli_help_has_examples():
-    for args in (["--help"], ["run", "--help"], ["zoo", "--help"], ["zoo", "train", "--help"], ["zoo", "list", "-h"],
+    for args in (["--help"], ["run", "--help"], ["pareto", "-h"], ["draw", "-h"], ["evaluate", "-h"], ["report", "-h"],
+                 ["discover", "-h"], ["zoo", "--help"], ["zoo", "train", "--help"], ["zoo", "list", "-h"],
                  ["scores", "--help"], ["tasks", "--help"], ["tasks", "show", "-h"], ["tasks", "validate", "-h"],
                  ["tasks", "list", "-h"]):
         out = CliRunner().invoke(main, args).output
