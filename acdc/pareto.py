@@ -297,18 +297,18 @@ def sweep(
 
 
 def frontier(curves: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The pareto frontier over every point of every curve (points with f undefined are skipped)."""
+    """The pareto frontier over every point of every curve (points with f undefined are skipped); a point several
+    methods share (e.g. the empty circuit) is one entry naming them all (``"eap, eap-ig"``)."""
     flat = [(cv["method"], p) for cv in curves for p in cv["points"] if p["f"] is not None]
     keep = pareto_front([(p["edges"], p["f"]) for _, p in flat])
-    seen = set()
-    out = []
+    merged: dict[tuple[int, float], dict[str, Any]] = {}
     for i in keep:
         m, p = flat[i]
-        key = (m, p["edges"], p["f"])
-        if key not in seen:
-            seen.add(key)
-            out.append({"method": m, "edges": p["edges"], "f": p["f"], "label": p["label"]})
-    return out
+        entry = merged.setdefault((p["edges"], p["f"]), {"method": m, "edges": p["edges"], "f": p["f"],
+                                                         "label": p["label"]})
+        if m not in entry["method"].split(", "):
+            entry["method"] += f", {m}"
+    return list(merged.values())
 
 
 def summarise(curve: dict[str, Any], n_edges: int) -> dict[str, Any]:

@@ -44,11 +44,11 @@ def versions() -> dict[str, str]:
 
     out = {"acdc": str(acdc.__version__), "torch": str(torch.__version__),
            "transformers": str(transformers.__version__), "python": platform.python_version()}
-    try:
-        import transformer_lens
+    from importlib.metadata import PackageNotFoundError, version
 
-        out["transformer_lens"] = str(getattr(transformer_lens, "__version__", "unknown"))
-    except ImportError:  # pragma: no cover
+    try:
+        out["transformer_lens"] = version("transformer-lens")
+    except PackageNotFoundError:  # pragma: no cover
         pass
     return out
 

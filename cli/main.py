@@ -444,6 +444,8 @@ def _job_options(f: Any) -> Any:
         click.option("--counterfactual", default=None, help="Counterfactual rule of the task [task default]."),
         click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(0),
                      help="Bootstrap resamples for the 95% intervals (0: none)."),
+        click.option("--level", default=0.9, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+                     help="Faithfulness each method's chosen circuit must reach (on train)."),
         click.option("--acdc-budget", default=300.0, show_default=True, type=click.FloatRange(0),
                      help="Seconds ACDC may take; thresholds that don't fit are dropped (with a note)."),
         click.option("--ep-steps", default=300, show_default=True, type=click.IntRange(1),
@@ -457,12 +459,12 @@ def _job_options(f: Any) -> Any:
 
 
 def _run_job(task: str, model_spec: str | None, methods: str, n_prompts: int | None, seed: int,
-             ablation: str | None, counterfactual: str | None, bootstrap: int, acdc_budget: float, ep_steps: int,
-             out_dir: str | None, *, circuits: bool, score_dirs: tuple[str, ...] = ()) -> dict[str, Any]:
+             ablation: str | None, counterfactual: str | None, bootstrap: int, level: float, acdc_budget: float,
+             ep_steps: int, out_dir: str | None, *, circuits: bool, score_dirs: tuple[str, ...] = ()) -> dict[str, Any]:
     from acdc.job import JobOptions, run_job
 
     opts = JobOptions(methods=_methods(methods) if methods else (), n=n_prompts, seed=seed, ablation=ablation,
-                      counterfactual=counterfactual, bootstrap=bootstrap, acdc_budget_s=acdc_budget,
+                      counterfactual=counterfactual, bootstrap=bootstrap, level=level, acdc_budget_s=acdc_budget,
                       ep_steps=ep_steps, circuits=circuits, report=circuits, score_dirs=score_dirs,
                       command="acdc " + " ".join(sys.argv[1:]))
     return run_job(task, model_spec, out_dir, opts, log=lambda line: click.echo(line, err=True))
@@ -472,7 +474,8 @@ def _run_job(task: str, model_spec: str | None, methods: str, n_prompts: int | N
 @click.argument("task")
 @_job_options
 def run(task: str, model_spec: str | None, methods: str, n_prompts: int | None, seed: int, ablation: str | None,
-        counterfactual: str | None, bootstrap: int, acdc_budget: float, ep_steps: int, out_dir: str | None) -> None:
+        counterfactual: str | None, bootstrap: int, level: float, acdc_budget: float, ep_steps: int,
+        out_dir: str | None) -> None:
     """The main job: find circuits for TASK with several methods, sweep their sizes, draw them, write a report.
 
     On the task's default (zoo) model it builds train and test prompts, runs the methods on train (EAP, EAP-IG,
@@ -487,7 +490,7 @@ def run(task: str, model_spec: str | None, methods: str, n_prompts: int | None, 
       acdc run refusal --model zoo:toy-refusal --out outputs/refusal/mine
       acdc run path/to/my_task.yaml --bootstrap 200
     """
-    s = _run_job(task, model_spec, methods, n_prompts, seed, ablation, counterfactual, bootstrap, acdc_budget,
+    s = _run_job(task, model_spec, methods, n_prompts, seed, ablation, counterfactual, bootstrap, level, acdc_budget,
                  ep_steps, out_dir, circuits=True)
     from acdc.job import summary_table
 
@@ -508,8 +511,8 @@ def run(task: str, model_spec: str | None, methods: str, n_prompts: int | None, 
 @click.option("--scores", "score_dirs", multiple=True, type=click.Path(file_okay=False, exists=True),
               help="Also sweep rankings saved by `acdc scores` (a run folder; repeatable).")
 def pareto(task: str, model_spec: str | None, methods: str, n_prompts: int | None, seed: int, ablation: str | None,
-           counterfactual: str | None, bootstrap: int, acdc_budget: float, ep_steps: int, out_dir: str | None,
-           score_dirs: tuple[str, ...]) -> None:
+           counterfactual: str | None, bootstrap: int, level: float, acdc_budget: float, ep_steps: int,
+           out_dir: str | None, score_dirs: tuple[str, ...]) -> None:
     """Curves of circuit size vs loss recovered for TASK, their pareto frontier and summaries (CPR, CMD, edges
     needed for f >= 0.8 / 0.9 / 0.99), evaluated exactly on the test split.
 
@@ -521,7 +524,8 @@ def pareto(task: str, model_spec: str | None, methods: str, n_prompts: int | Non
       acdc pareto induction --methods eap-ig --scores outputs/induction/20261121-050000-exact
     """
     s = _run_job(task, model_spec, methods if methods or not score_dirs else "", n_prompts, seed, ablation,
-                 counterfactual, bootstrap, acdc_budget, ep_steps, out_dir, circuits=False, score_dirs=score_dirs)
+                 counterfactual, bootstrap, level, acdc_budget, ep_steps, out_dir, circuits=False,
+                 score_dirs=score_dirs)
     p = s["pareto"]
     click.echo(f"{s['task']} on {s['model']}: {p['n_edges_total']} edges, {p['n_prompts']} test prompts")
     click.echo(f"{'method':<22}{'CPR':>7}{'CMD':>7}   edges for f>=0.8/0.9/0.99")
