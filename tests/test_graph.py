@@ -120,3 +120,17 @@ def test_dangling_removal_examples():
     assert c.pruned().heads() == [(0, 0), (1, 1)]
     assert Circuit.empty(g).pruned().n_edges == 0
     assert Circuit.full(g).pruned().n_edges == g.n_edges
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    import os
+
+    from acdc.io import atomic_write_text
+
+    mask = os.umask(0o022)
+    try:
+        p = atomic_write_text(tmp_path / "x.json", "{}")
+    finally:
+        os.umask(mask)
+    assert os.stat(p).st_mode & 0o777 == 0o644
+    assert [q.name for q in tmp_path.iterdir()] == ["x.json"]
