@@ -277,9 +277,13 @@ SCORE_METHODS = ("eap", "eap-ig-inputs", "eap-ig", "eap-ig-activations", "clean-
 @click.option("--top", "n_top", default=20, show_default=True, type=click.IntRange(1), help="Edges to print.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Output folder [outputs/<task>/<run-id>/].")
+@click.option("--distributed", is_flag=True,
+              help="Split the prompts over the processes of a torchrun launch and reduce the scores with "
+                   "torch.distributed (gloo on CPU, nccl on GPU); rank 0 writes and prints. Not with mean ablation. "
+                   "Put -- before 'scores' so that torchrun leaves options such as --n alone.")
 def scores(task: str, method: str, steps: int, level: str, model_spec: str | None, n_prompts: int | None,
            seed: int | None, split: str, counterfactual: str | None, ablation: str | None, batch_size: int,
-           n_top: int, out_dir: str | None) -> None:
+           n_top: int, out_dir: str | None, distributed: bool) -> None:
     """Score every edge (or node) of TASK's graph by attribution patching and print the top ones.
 
     Writes scores.safetensors (the full score matrix), top_edges.json and run.yaml to the output folder. A score
@@ -291,6 +295,7 @@ def scores(task: str, method: str, steps: int, level: str, model_spec: str | Non
       acdc scores ioi --method eap-ig-inputs
       acdc scores induction --method eap --n 128 --out outputs/induction/eap
       acdc scores ioi --method exact --level node
+      torchrun --nproc-per-node 4 -m acdc.cli.main -- scores ioi --n 400 --distributed
     """
     import time
 
@@ -300,8 +305,22 @@ def scores(task: str, method: str, steps: int, level: str, model_spec: str | Non
     t, spec, ablation, model, graph = _task_setup(task, model_spec, ablation)
     data = t.build(model, n_prompts, seed=seed, split=split, counterfactual=counterfactual)
     t0 = time.perf_counter()
-    result = attribute(model, graph, data, method, ablation=ablation, steps=steps, level=level,  # type: ignore[arg-type]
-                       batch_size=batch_size, progress=True)
+    world = 1
+    if distributed:  # --distributed: every rank scores its shard; only rank 0 goes on to write and print
+        from acdc.arch import get_arch
+        from acdc.distributed import attribute_distributed, init_from_env, shutdown
+
+        rank, world = init_from_env(device=get_arch(model).device)
+        try:
+            result = attribute_distributed(model, graph, data, method, ablation=ablation, steps=steps, level=level,
+                                           batch_size=batch_size, progress=True)
+        finally:
+            shutdown()
+        if rank != 0:
+            return
+    else:
+        result = attribute(model, graph, data, method, ablation=ablation, steps=steps,  # type: ignore[arg-type]
+                           level=level, batch_size=batch_size, progress=True)  # type: ignore[arg-type]
     seconds = time.perf_counter() - t0
     folder = run_dir(t.name, method, out_dir)
     result.save(folder)
@@ -310,9 +329,11 @@ def scores(task: str, method: str, steps: int, level: str, model_spec: str | Non
         "method": result.method, "level": level, "steps": steps, "ablation": ablation, "data": dict(data.info),
         "batch_size": batch_size, "seconds": round(seconds, 3),
         "graph": {"writers": graph.n_src, "readers": graph.n_dst, "edges": graph.n_edges},
+        **({"processes": world} if distributed else {}),
     })
     click.echo(f"{result.method} scores for {t.name} on {spec}: {len(data)} prompts ({split}), ablation {ablation}, "
-               f"{graph.n_edges if level == 'edge' else graph.n_src} {level}s, {seconds:.1f} s")
+               f"{graph.n_edges if level == 'edge' else graph.n_src} {level}s, {seconds:.1f} s"
+               + (f", {world} processes" if distributed else ""))
     click.echo(f"metric: {data.description}; score = change of the metric when ablated (negative = supports it)")
     for i, (name, value) in enumerate(result.top(n_top), 1):
         click.echo(f"{i:>4}  {name:<28} {value:+.5f}")
