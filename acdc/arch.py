@@ -4,10 +4,12 @@ The masked forward does not run the model through TransformerLens's per-head hoo
 ``[batch, pos, heads, d_head, d_model]`` intermediates and made a GPT-2-small-sized model 5x slower forward and 14x
 slower forward+backward here. Instead it reads the bridge's weights once (``W_Q``/``W_K``/``W_V``/``W_O`` in
 TransformerLens convention, the Hugging Face norm/MLP/embedding modules the bridge wraps) and computes each head
-itself. Everything is held as detached tensors, so no gradient is ever accumulated on the
-weights, and read from the unwrapped Hugging Face modules (the bridge replaces submodules with hooked wrappers whose
-layer norm is computed step by step for its hooks). Equality with the bridge's own hooked computation is a test
-(tests/test_patching.py).
+itself. Two families are implemented: GPT-2 (layer norm, learned positions, GELU MLP) and Llama/Qwen2 (RMSNorm,
+rotary positions applied to q and k inside :meth:`Arch.attention`, gated SiLU MLP, grouped-query attention whose
+key/value heads are computed once per group and shared by its query heads). Everything is held as detached
+tensors, so no gradient is ever accumulated on the weights, and read from the unwrapped Hugging Face modules (the
+bridge replaces submodules with hooked wrappers whose layer norm is computed step by step for its hooks). Equality
+with the bridge's own hooked computation is a test (tests/test_patching.py, tests/test_llama.py).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,7 +27,8 @@ from torch.nn import functional as F
 from acdc.errors import UnsupportedArchitecture
 
 # Architectures whose attention the masked forward implements (see `Arch.attention`).
-SUPPORTED_ARCHITECTURES = ("GPT2LMHeadModel",)
+SUPPORTED_ARCHITECTURES = ("GPT2LMHeadModel", "LlamaForCausalLM", "Qwen2ForCausalLM")
+_LLAMA_LIKE = ("LlamaForCausalLM", "Qwen2ForCausalLM")
 
 
 def _unwrap(module: Any) -> Any:
@@ -49,6 +52,28 @@ def _layer_norm(module: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     b = ln.bias.detach() if ln.bias is not None else None
     shape, eps = tuple(ln.normalized_shape), ln.eps
     return lambda x: F.layer_norm(x, shape, w, b, eps)
+
+
+def _rms_norm(module: Any) -> tuple[Callable[[torch.Tensor], torch.Tensor], tuple[torch.Tensor, torch.Tensor, float]]:
+    """A Llama-style RMSNorm ``w * x / sqrt(mean(x^2) + eps)`` as a callable, and its (gamma, beta = 0, eps)."""
+    norm = _unwrap(module)
+    w = norm.weight.detach()
+    eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
+    if type(norm).__name__.startswith("Gemma"):  # Gemma scales by (1 + w); not implemented
+        raise UnsupportedArchitecture(f"{type(norm).__name__} is not supported")
+    shape = (w.shape[0],)
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        if x.dtype in (torch.float16, torch.bfloat16):  # Hugging Face normalises half precision in float32
+            return F.rms_norm(x.float(), shape, w.float(), eps).to(x.dtype)
+        return F.rms_norm(x, shape, w, eps)
+
+    return f, (w, torch.zeros_like(w), eps)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 def architecture_of(model: Any) -> str:
@@ -108,6 +133,12 @@ class Arch:
     ln1_params: list[tuple[torch.Tensor, torch.Tensor, float]]  # (gamma, beta, eps) of each layer's ln_1
     W_U: torch.Tensor  # [d_model, V]
     b_U: torch.Tensor | None  # [V]
+    rms: bool = False  # the norms are RMSNorm (beta = 0, no mean subtraction), not LayerNorm
+    gated: bool = False  # gated MLP down(act(gate x) * up x); W_in/b_in then hold gate columns, then up columns
+    rotary: Any = None  # the Hugging Face rotary embedding module (q and k are rotated by position), or None
+    _rope: dict[tuple[int, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         self._W_read = torch.cat([self.W_Q, self.W_K, self.W_V], dim=1).contiguous()
@@ -129,7 +160,12 @@ class Arch:
 
     def mlp(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         """The MLP of ``layer`` on normalised input ``x [..., d]``."""
-        h = self.act(torch.addmm(self.b_in[layer], x.reshape(-1, self.d_model), self.W_in[layer]))
+        h = torch.addmm(self.b_in[layer], x.reshape(-1, self.d_model), self.W_in[layer])
+        if self.gated:
+            gate, up = h.chunk(2, dim=-1)
+            h = self.act(gate) * up
+        else:
+            h = self.act(h)
         return torch.addmm(self.b_out[layer], h, self.W_out[layer]).view(*x.shape[:-1], self.d_model)
 
     def unembed(self, x: torch.Tensor) -> torch.Tensor:
@@ -144,8 +180,28 @@ class Arch:
     def dtype(self) -> torch.dtype:
         return self.W_Q.dtype
 
+    def rope(self, p: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin ``[P, dh]`` of positions ``0..p-1``, from the model's own rotary module (so any rope scaling
+        it implements is used exactly as in Hugging Face)."""
+        key = (p, self.dtype)
+        if key not in self._rope:
+            like = torch.empty(1, p, self.d_model, dtype=self.dtype, device=self.device)
+            pos = torch.arange(p, device=self.device).unsqueeze(0)
+            with torch.no_grad():
+                cos, sin = self.rotary(like, pos)
+            self._rope[key] = (cos[0].to(self.dtype), sin[0].to(self.dtype))
+        return self._rope[key]
+
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Causal softmax attention, head-major: q ``[H, N, P, dh]``, k/v ``[G, N, P, dh]`` -> z ``[H, N, P, dh]``."""
+        """Causal softmax attention, head-major: q ``[H, N, P, dh]``, k/v ``[G, N, P, dh]`` -> z ``[H, N, P, dh]``.
+
+        With rotary embeddings, q and k are rotated here (after the projection, per head). With grouped-query
+        attention, query heads ``h`` with ``h // (H / G) = g`` attend with key/value head ``g``.
+        """
+        if self.rotary is not None:
+            cos, sin = self.rope(q.shape[-2])
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
         if self.n_kv_heads != self.n_heads:
             rep = self.n_heads // self.n_kv_heads
             k = k.repeat_interleave(rep, dim=0)
@@ -176,6 +232,12 @@ def _build(model: Any) -> Arch:
             f"architecture '{name}' is not supported: the masked forward needs per-head query/key/value inputs, "
             f"implemented for {', '.join(SUPPORTED_ARCHITECTURES)}"
         )
+    if name in _LLAMA_LIKE:
+        return _build_llama(model, name)
+    return _build_gpt2(model, name)
+
+
+def _build_gpt2(model: Any, name: str) -> Arch:
     cfg = model.cfg
     hf: Any = model.original_model
     hcfg = hf.config
@@ -228,4 +290,104 @@ def _build(model: Any) -> Arch:
         W_pos=_unwrap(tr.wpe).weight.detach(),
         W_U=lm_head.weight.detach().t(),
         b_U=lm_head.bias.detach() if getattr(lm_head, "bias", None) is not None else None,
+    )
+
+
+def _linear_t(module: Any, n: int, d_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Linear's weight as ``[n, d_in, d_out]`` (n heads of d_out columns) and its bias ``[n, d_out]`` (zeros if
+    it has none)."""
+    lin = _unwrap(module)
+    w = lin.weight.detach()  # [n * d_out, d_in]
+    b = lin.bias.detach() if lin.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+    return w.view(n, d_out, -1).transpose(1, 2), b.view(n, d_out)
+
+
+def _build_llama(model: Any, name: str) -> Arch:
+    """Llama and Qwen2: RMSNorm, rotary q/k, gated MLP, grouped-query attention, optional q/k/v(/o) biases. Read
+    from the Hugging Face modules (the bridge exposes no stacked biases for bias-free projections)."""
+    hf: Any = model.original_model
+    base: Any = hf.model
+    layers = list(base.layers)
+    attn0 = _unwrap(layers[0].self_attn)
+    hcfg = hf.config
+    H, G = hcfg.num_attention_heads, hcfg.num_key_value_heads or hcfg.num_attention_heads
+    dh = attn0.head_dim
+    d = hcfg.hidden_size
+    for i, block in enumerate(layers):
+        a = _unwrap(block.self_attn)
+        if getattr(a, "sliding_window", None) is not None:
+            raise UnsupportedArchitecture(
+                f"{name} layer {i} uses sliding-window attention, which the masked forward does not implement"
+            )
+    act_name = getattr(hcfg, "hidden_act", "silu")
+    from transformers.activations import ACT2FN
+
+    with torch.no_grad():
+        Wq, bq, Wk, bk, Wv, bv, Wo, bo = [], [], [], [], [], [], [], []
+        W_in, b_in, W_out, b_out = [], [], [], []
+        for block in layers:
+            a = _unwrap(block.self_attn)
+            scale = float(getattr(a, "scaling", dh**-0.5))
+            w, b = _linear_t(a.q_proj, H, dh)
+            Wq.append(w * scale)
+            bq.append(b * scale)
+            w, b = _linear_t(a.k_proj, G, dh)
+            Wk.append(w)
+            bk.append(b)
+            w, b = _linear_t(a.v_proj, G, dh)
+            Wv.append(w)
+            bv.append(b)
+            o = _unwrap(a.o_proj)
+            Wo.append(o.weight.detach().t().reshape(H, dh, d))
+            bo.append(o.bias.detach() if o.bias is not None else torch.zeros(d, dtype=o.weight.dtype,
+                                                                             device=o.weight.device))
+            mlp = _unwrap(block.mlp)
+            gate, bg = _linear_t(mlp.gate_proj, 1, mlp.gate_proj.out_features)
+            up, bu = _linear_t(mlp.up_proj, 1, mlp.up_proj.out_features)
+            W_in.append(torch.cat([gate[0], up[0]], dim=-1))
+            b_in.append(torch.cat([bg[0], bu[0]]))
+            down, bd = _linear_t(mlp.down_proj, 1, d)
+            W_out.append(down[0])
+            b_out.append(bd[0])
+        W_Q, W_K, W_V = torch.stack(Wq), torch.stack(Wk), torch.stack(Wv)
+        b_Q, b_K, b_V = torch.stack(bq), torch.stack(bk), torch.stack(bv)
+        L = len(layers)
+        fused = torch.cat([w.permute(0, 2, 1, 3).reshape(L, d, -1) for w in (W_Q, W_K, W_V)], dim=-1)
+        b_fused = torch.cat([b.reshape(L, -1) for b in (b_Q, b_K, b_V)], dim=-1)
+    norms1 = [_rms_norm(b.input_layernorm) for b in layers]
+    norms2 = [_rms_norm(b.post_attention_layernorm) for b in layers]
+    lm_head = _unwrap(hf.lm_head)
+    return Arch(
+        name=name,
+        n_layers=L,
+        n_heads=H,
+        n_kv_heads=G,
+        d_model=d,
+        d_head=dh,
+        W_Q=W_Q.contiguous(),
+        b_Q=b_Q.contiguous(),
+        W_K=W_K.contiguous(),
+        b_K=b_K.contiguous(),
+        W_V=W_V.contiguous(),
+        b_V=b_V.contiguous(),
+        W_O=torch.stack(Wo).contiguous(),
+        b_O=torch.stack(bo).contiguous(),
+        W_Q_fused=fused.contiguous(),
+        b_Q_fused=b_fused.contiguous(),
+        W_in=torch.stack(W_in).contiguous(),
+        b_in=torch.stack(b_in).contiguous(),
+        W_out=torch.stack(W_out).contiguous(),
+        b_out=torch.stack(b_out).contiguous(),
+        act=ACT2FN[act_name],
+        ln1=[n[0] for n in norms1],
+        ln1_params=[n[1] for n in norms1],
+        ln2=[n[0] for n in norms2],
+        ln_final=_rms_norm(base.norm)[0],
+        W_E=_unwrap(base.embed_tokens).weight.detach(),
+        W_pos=None,
+        W_U=lm_head.weight.detach().t(),
+        b_U=lm_head.bias.detach() if getattr(lm_head, "bias", None) is not None else None,
+        rms=True,
+        gated=True,
+        rotary=_unwrap(base.rotary_emb),
     )

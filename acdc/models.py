@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from acdc.arch import SUPPORTED_ARCHITECTURES
-from acdc.errors import ModelLoadError, UnsupportedArchitecture
+from acdc.errors import InputError, ModelLoadError, UnsupportedArchitecture
 
 log = logging.getLogger(__name__)
 
@@ -256,3 +256,49 @@ def random_gpt2(*, dtype: torch.dtype = torch.float32, **shape: Any) -> Any:
     hf = random_gpt2_hf(**shape)
     c = hf.config
     return bridge_from_hf(hf, name=f"random-gpt2-{c.n_layer}x{c.n_head}x{c.n_embd}", dtype=dtype)
+
+
+def random_llama_hf(
+    *,
+    family: str = "llama",
+    n_layer: int = 2,
+    n_head: int = 4,
+    n_kv_head: int = 2,
+    d_model: int = 32,
+    d_mlp: int = 64,
+    vocab: int = 64,
+    n_ctx: int = 64,
+    seed: int = 0,
+    init_std: float = 0.02,
+) -> Any:
+    """A randomly initialised Hugging Face ``LlamaForCausalLM`` (``family="llama"``) or ``Qwen2ForCausalLM``
+    (``family="qwen2"``, with q/k/v biases), eval mode, deterministic in ``seed``. ``n_kv_head < n_head`` gives
+    grouped-query attention."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    families = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
+    if family not in families:
+        raise InputError(f"unknown family '{family}'; choose one of {', '.join(families)}")
+    config_cls, model_cls = families[family]
+    cfg = config_cls(
+        vocab_size=vocab, hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layer,
+        num_attention_heads=n_head, num_key_value_heads=n_kv_head, max_position_embeddings=n_ctx,
+        rms_norm_eps=1e-6, tie_word_embeddings=False, initializer_range=init_std, bos_token_id=0, eos_token_id=0,
+        pad_token_id=None, attention_dropout=0.0,
+    )
+    torch.manual_seed(seed)
+    return model_cls(cfg).eval()
+
+
+def random_llama(*, dtype: torch.dtype = torch.float32, **shape: Any) -> Any:
+    """A randomly initialised Llama-architecture bridge, built locally (no download); ``shape`` as for
+    :func:`random_llama_hf` (defaults: 2 layers, 4 query heads sharing 2 key/value heads, d_model 32)."""
+    hf = random_llama_hf(**{"family": "llama", **shape})
+    c = hf.config
+    name = f"random-{shape.get('family', 'llama')}-{c.num_hidden_layers}x{c.num_attention_heads}x{c.hidden_size}"
+    return bridge_from_hf(hf, name=name, dtype=dtype)
+
+
+def random_qwen2(*, dtype: torch.dtype = torch.float32, **shape: Any) -> Any:
+    """Like :func:`random_llama`, a Qwen2-architecture bridge (q/k/v projections with biases)."""
+    return random_llama(dtype=dtype, **{**shape, "family": "qwen2"})

@@ -408,7 +408,8 @@ def _shared_qkv(
 
     Readers whose mask column is all zeros read the ablated residual ``base``; all ones, the run's own residual
     ``base + total``. Each shared input is normalised once and projected for all its readers in one matmul; only
-    readers with mixed columns get inputs of their own.
+    readers with mixed columns get inputs of their own (with grouped-query attention a k/v reader is one shared
+    key/value head: one input per group, not per query head).
     """
     K, U, R = blk.shape
     _, B, P, d = total.shape
@@ -437,12 +438,16 @@ def _shared_qkv(
             idx = mixed.nonzero().flatten()
             x = mix(blk[k : k + 1, :, idx], base, delta[:, k : k + 1])  # [n, 1, B, P, d]
             x = x.view(len(idx), B * P, d)
-            # two fast reductions (torch.var_mean is several times slower on CPU); E[x^2] - mean^2 is safe here
-            # because residual-stream means are small next to their spread
-            mean = x.mean(dim=-1, keepdim=True)
+            eps = arch.ln1_params[layer][2]
             sq = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(d)
-            rstd = sq.sub_(mean * mean).clamp_min_(0).add_(arch.ln1_params[layer][2]).rsqrt_()
             t = torch.bmm(x, arch.W_read_folded[layer][idx])
-            t.sub_(mean * arch.c_read_folded[layer][idx].unsqueeze(1)).mul_(rstd)
+            if arch.rms:  # RMSNorm: no mean to subtract
+                t.mul_(sq.add_(eps).rsqrt_())
+            else:
+                # two fast reductions (torch.var_mean is several times slower on CPU); E[x^2] - mean^2 is safe
+                # here because residual-stream means are small next to their spread
+                mean = x.mean(dim=-1, keepdim=True)
+                rstd = sq.sub_(mean * mean).clamp_min_(0).add_(eps).rsqrt_()
+                t.sub_(mean * arch.c_read_folded[layer][idx].unsqueeze(1)).mul_(rstd)
             out[idx, k] = t.add_(arch.b_read_folded[layer][idx].unsqueeze(1))
     return out.view(R, K * B * P, dh)
