@@ -147,7 +147,7 @@ def _grad_scores(
     S = graph.n_src
     own = delta is None
     store = torch.empty(S, B, P, d, dtype=arch.dtype, device=arch.device) if own else None
-    saved: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    saved: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     mlp_ins: list[torch.Tensor] = []
 
     def out(group: int, w0: int, value: torch.Tensor) -> torch.Tensor:
@@ -165,12 +165,17 @@ def _grad_scores(
             gamma, beta, eps = arch.ln1_params[layer]
             with torch.no_grad():
                 r = resid.detach()
-                mu = r.mean(-1, keepdim=True)
-                rstd = torch.rsqrt(r.var(-1, keepdim=True, unbiased=False) + eps)
-                xhat = (r - mu) * rstd
-            qkv = F.layer_norm(resid, (d,), gamma, beta, eps) @ arch.W_Q_fused[layer] + arch.b_Q_fused[layer]
+                if arch.rms:
+                    rstd = torch.rsqrt(r.square().mean(-1, keepdim=True) + eps)
+                    xhat = r * rstd
+                else:
+                    mu = r.mean(-1, keepdim=True)
+                    rstd = torch.rsqrt(r.var(-1, keepdim=True, unbiased=False) + eps)
+                    xhat = (r - mu) * rstd
+            normed = arch.ln1[layer](resid) if arch.rms else F.layer_norm(resid, (d,), gamma, beta, eps)
+            qkv = normed @ arch.W_Q_fused[layer] + arch.b_Q_fused[layer]
             qkv.retain_grad()
-            saved.append((qkv, xhat, rstd, mu))
+            saved.append((qkv, xhat, rstd))
             q, k, v = qkv.split([H * dh, G * dh, G * dh], dim=-1)
             q, k, v = (t.reshape(B, P, -1, dh).permute(2, 0, 1, 3) for t in (q, k, v))
             z = arch.attention(q, k, v)
@@ -196,20 +201,25 @@ def _grad_scores(
         dsum = dlt.sum(-1)  # [S, BP]: each delta's sum over features, for the layer norm's mean term
         scores = torch.zeros(S, graph.n_dst, dtype=torch.float64, device=arch.device)
         for layer in range(L):
-            qkv, xhat, rstd, _ = saved[layer]
+            qkv, xhat, rstd = saved[layer]
             assert qkv.grad is not None
             R = qkv.shape[-1] // dh
             # gradient on q/k/v -> on each reader's input: g_in = rstd (gx - mean(gx) - xhat mean(gx xhat)) with
             # gx = g W^T (W: the reader's projection with gamma folded in). The two means need no [R, BP, d] work:
             # mean(gx) = g . colsum(W) / d and mean(gx xhat) = g . (xhat W) / d, where xhat W = qkv - b_folded.
+            # RMSNorm subtracts no mean, so its backward lacks the mean(gx) term. With grouped-query attention a
+            # k/v reader is one shared head, and qkv.grad already sums the gradients of the group's query heads.
             gs = qkv.grad.reshape(B * P, R, dh).transpose(0, 1) * rstd.reshape(1, B * P, 1)  # [R, BP, dh]
             pre = (qkv.detach().reshape(B * P, R, dh).transpose(0, 1) - arch.b_read_folded[layer].unsqueeze(1))
-            a = torch.einsum("rbh,rh->rb", gs, arch.c_read_folded[layer]) / d  # [R, BP]
             b = (gs * pre).sum(-1) / d  # [R, BP]
             gx = torch.bmm(gs, arch.W_read_folded[layer].transpose(1, 2))  # [R, BP, d]
             U = graph.n_upstream_attn(layer)
             dx = torch.einsum("ubd,bd->ub", dlt[:U], xhat.reshape(B * P, d))  # [U, BP]
-            sc = flat[:U] @ gx.reshape(R, -1).t() - dsum[:U] @ a.t() - dx @ b.t()
+            sc = flat[:U] @ gx.reshape(R, -1).t()
+            if not arch.rms:
+                a = torch.einsum("rbh,rh->rb", gs, arch.c_read_folded[layer]) / d  # [R, BP]
+                sc -= dsum[:U] @ a.t()
+            sc -= dx @ b.t()
             scores[:U, graph.attn_readers(layer)] = sc.double()
             U = graph.n_upstream_mlp(layer)
             gm = mlp_ins[layer].grad
