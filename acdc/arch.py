@@ -59,8 +59,6 @@ def _rms_norm(module: Any) -> tuple[Callable[[torch.Tensor], torch.Tensor], tupl
     norm = _unwrap(module)
     w = norm.weight.detach()
     eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
-    if type(norm).__name__.startswith("Gemma"):  # Gemma scales by (1 + w); not implemented
-        raise UnsupportedArchitecture(f"{type(norm).__name__} is not supported")
     shape = (w.shape[0],)
 
     def f(x: torch.Tensor) -> torch.Tensor:

@@ -106,7 +106,9 @@ def run_with_writers(model: Any, tokens: torch.Tensor) -> tuple[torch.Tensor, Ab
         return _plain(arch, tokens)
 
 
-def _plain(arch: Arch, tokens: torch.Tensor) -> tuple[torch.Tensor, AblationCache]:
+def _plain(arch: Arch, tokens: torch.Tensor, *, logits: bool = True) -> tuple[torch.Tensor, AblationCache]:
+    """See :func:`run_with_writers`; with ``logits=False`` the unembedding (the largest matmul of a small-batch
+    forward) is skipped and an empty tensor stands in for the logits."""
     B, P = tokens.shape
     H, G, dh, L = arch.n_heads, arch.n_kv_heads, arch.d_head, arch.n_layers
     S = 1 + L * (H + 1)
@@ -129,8 +131,8 @@ def _plain(arch: Arch, tokens: torch.Tensor) -> tuple[torch.Tensor, AblationCach
         mlp = arch.mlp(layer, arch.ln2[layer](resid))
         writers[w0 + H] = mlp
         resid = resid + mlp
-    logits = arch.unembed(arch.ln_final(resid))
-    return logits, AblationCache("patch", writers, base_attn, base_mlp, resid)
+    out = arch.unembed(arch.ln_final(resid)) if logits else torch.empty(0)
+    return out, AblationCache("patch", writers, base_attn, base_mlp, resid)
 
 
 def ablation_cache(
@@ -165,7 +167,9 @@ def ablation_cache(
         raise InputError(
             f"ablation '{ablation}' needs prompts: counterfactual prompts for 'patch', reference prompts for 'mean'"
         )
-    _, cache = run_with_writers(model, tokens)
+    tokens = _check_tokens("tokens", tokens, arch, model)
+    with torch.no_grad():
+        _, cache = _plain(arch, tokens, logits=False)  # only the writers are needed
     if ablation == "mean":
         return AblationCache(
             "mean",
