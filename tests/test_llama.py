@@ -303,6 +303,36 @@ def test_other_gradient_methods_run(model64):
         assert torch.isfinite(s.scores).all() and s.scores.abs().max() > 0
 
 
+def test_fast_acdc_equals_sequential(model64):
+    """The searches run on these architectures too: ACDC's prefix reuse and speculation (the no-gradient path with
+    shared reader inputs) give the same edges as one full masked forward per edge."""
+    from acdc.search import acdc_search
+
+    graph = Graph.from_model(model64)
+    data = _data(2)
+    plain, _ = acdc_search(model64, graph, data, 0.05, fast=False, progress=False)
+    fast, _ = acdc_search(model64, graph, data, 0.05, fast=True, speculate=4, progress=False)
+    assert torch.equal(plain.mask, fast.mask)
+    assert 0 < fast.n_edges < graph.n_edges
+
+
+def test_load_model_from_a_local_checkpoint(tmp_path):
+    """A Llama checkpoint directory loads through the same path as GPT-2 and its masked forward is the model."""
+    from acdc import load_model
+    from acdc.models import random_llama_hf, word_level_tokenizer
+
+    hf = random_llama_hf(family="llama", seed=3, init_std=0.2, **SHAPE)
+    hf.save_pretrained(tmp_path)
+    word_level_tokenizer([f"t{i}" for i in range(SHAPE["vocab"])]).save_pretrained(tmp_path)
+    model = load_model(str(tmp_path))
+    graph = Graph.from_model(model)
+    assert graph.n_kv_heads == 2
+    clean, _ = _tokens(2, 6, seed=37)
+    with torch.no_grad():
+        got = masked_forward(model, graph, clean, None, torch.ones(graph.n_src, graph.n_dst), ablation="zero")
+        assert (got - hf(clean).logits).abs().max() <= 1e-5
+
+
 # ---- refusals -------------------------------------------------------------------------------------------------------
 def test_unsupported_architecture_is_one_line(tmp_path):
     from acdc import load_model
