@@ -118,7 +118,7 @@ class Arch:
         """``W_read`` as one matrix per layer, ``[L, d_model, (H + 2G) * d_head]`` (the same as W_Q_fused)."""
         return self.W_Q_fused
 
-    W_in: torch.Tensor  # [L, d_model, d_mlp]
+    W_in: torch.Tensor  # [L, d_model, d_mlp], or [L, d_model, 2 * d_mlp] (gate, then up) when gated
     b_in: torch.Tensor  # [L, d_mlp]
     W_out: torch.Tensor  # [L, d_mlp, d_model]
     b_out: torch.Tensor  # [L, d_model]
