@@ -277,13 +277,16 @@ SCORE_METHODS = ("eap", "eap-ig-inputs", "eap-ig", "eap-ig-activations", "clean-
 @click.option("--top", "n_top", default=20, show_default=True, type=click.IntRange(1), help="Edges to print.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Output folder [outputs/<task>/<run-id>/].")
+@click.option("--max-memory", default=None, metavar="SIZE",
+              help="Memory budget of the run (per process), e.g. 512MiB, 4GiB, 4G: sets --batch-size to the largest "
+                   "batch whose estimated peak (weights, activations, logits) fits.")
 @click.option("--distributed", is_flag=True,
               help="Split the prompts over the processes of a torchrun launch and reduce the scores with "
                    "torch.distributed (gloo on CPU, nccl on GPU); rank 0 writes and prints. Not with mean ablation. "
                    "Put -- before 'scores' so that torchrun leaves options such as --n alone.")
 def scores(task: str, method: str, steps: int, level: str, model_spec: str | None, n_prompts: int | None,
            seed: int | None, split: str, counterfactual: str | None, ablation: str | None, batch_size: int,
-           n_top: int, out_dir: str | None, distributed: bool) -> None:
+           n_top: int, out_dir: str | None, max_memory: str | None, distributed: bool) -> None:
     """Score every edge (or node) of TASK's graph by attribution patching and print the top ones.
 
     Writes scores.safetensors (the full score matrix), top_edges.json and run.yaml to the output folder. A score
@@ -295,6 +298,7 @@ def scores(task: str, method: str, steps: int, level: str, model_spec: str | Non
       acdc scores ioi --method eap-ig-inputs
       acdc scores induction --method eap --n 128 --out outputs/induction/eap
       acdc scores ioi --method exact --level node
+      acdc scores ioi --method eap --max-memory 4GiB
       torchrun --nproc-per-node 4 -m acdc.cli.main -- scores ioi --n 400 --distributed
     """
     import time
@@ -304,13 +308,26 @@ def scores(task: str, method: str, steps: int, level: str, model_spec: str | Non
 
     t, spec, ablation, model, graph = _task_setup(task, model_spec, ablation)
     data = t.build(model, n_prompts, seed=seed, split=split, counterfactual=counterfactual)
-    t0 = time.perf_counter()
-    world = 1
+    rank, world = 0, 1
     if distributed:  # --distributed: every rank scores its shard; only rank 0 goes on to write and print
         from acdc.arch import get_arch
-        from acdc.distributed import attribute_distributed, init_from_env, shutdown
+        from acdc.distributed import init_from_env
 
         rank, world = init_from_env(device=get_arch(model).device)
+    if max_memory is not None:  # --max-memory: the batch size follows from the memory estimate
+        from acdc.errors import InputError
+        from acdc.memory import batch_for_budget
+
+        if click.get_current_context().get_parameter_source("batch_size") == click.core.ParameterSource.COMMANDLINE:
+            raise InputError("give --batch-size or --max-memory, not both")
+        batch_size, note = batch_for_budget(max_memory, model, data, method, n_writers=graph.n_src, ablation=ablation,
+                                            processes=world)
+        if rank == 0:
+            click.echo(note)
+    t0 = time.perf_counter()
+    if distributed:
+        from acdc.distributed import attribute_distributed, shutdown
+
         try:
             result = attribute_distributed(model, graph, data, method, ablation=ablation, steps=steps, level=level,
                                            batch_size=batch_size, progress=True)
@@ -327,7 +344,7 @@ def scores(task: str, method: str, steps: int, level: str, model_spec: str | Non
     write_run_yaml(folder, {
         "command": "scores", "task": t.name, "task_file": str(t.path) if t.path else None, "model": spec,
         "method": result.method, "level": level, "steps": steps, "ablation": ablation, "data": dict(data.info),
-        "batch_size": batch_size, "seconds": round(seconds, 3),
+        "batch_size": batch_size, "seconds": round(seconds, 3), **({"max_memory": max_memory} if max_memory else {}),
         "graph": {"writers": graph.n_src, "readers": graph.n_dst, "edges": graph.n_edges},
         **({"processes": world} if distributed else {}),
     })
