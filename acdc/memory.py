@@ -1,27 +1,31 @@
 """Memory planning: the peak memory of an attribution run, and the largest batch that fits a budget.
 
-The estimate is a sum of terms, each a tensor family the run holds at its peak, times a coefficient calibrated by
-measuring peak RSS on CPU (``bench/bench_memory.py``; 28 configurations of 1-12 layers, d_model 64-768, 2-128
-prompts of 18-1024 tokens, vocabularies of 67-50,257: EAP within 30% of the measured run memory, 15% on the
-three configurations the bench prints). With ``B`` prompts per pass of ``P`` tokens, ``S`` writers, ``R = H + 2G``
-q/k/v readers per layer and ``X = B·P·d_model`` elements:
+The estimate is a sum of terms, each a family of tensors the run holds at its peak, times a coefficient calibrated
+against peak RSS measured on CPU (``bench/bench_memory.py``). With ``B`` prompts per pass of ``P`` tokens, ``S``
+writers, ``L`` layers, ``H`` heads, ``R = H + 2G`` q/k/v readers per layer and ``X = B·P·d_model`` elements:
 
-- weights: the model's parameters, plus acdc's reader-layout copies of the attention weights (``Arch``: scaled,
-  fused, per-reader and layer-norm-folded projections, ``8·L·d·R·d_head``) and a fixed 12 MiB of module and
-  tokenizer objects (plus 300 bytes per vocabulary entry);
-- writers: the writer-output stores ``[S, B, P, d]`` — the counterfactual run's outputs, this run's outputs and
-  their difference ``ã - a`` — ``3·S·X``; one fewer with ``mean``/``zero`` ablation (their cache has batch 1), one
-  more for the methods that keep the deltas across passes (EAP-IG, clean-corrupted), two for eap-ig-activations;
-- activations: what autograd saves per layer (residual-sized: ``15·L·X``; MLP hidden: ``4·L·B·P·d_mlp``) and the
-  per-layer transients of the scoring pass (``[R, B·P, d]`` reader gradients: ``3.2·R·X``);
-- attention patterns ``1.45·L·H·B·P²``;
-- logits ``[B, P, V]`` and their gradients: ``2.7·B·P·V`` (one more copy for metrics through a softmax);
-- a fixed 8 MiB (autograd's first-use buffers).
+- weights: the model's parameters, acdc's reader-layout copies of the attention weights (``Arch``: scaled, fused,
+  per-reader and layer-norm-folded projections; ``8·L·d·R·d_head``), 12 MiB of module objects and 300 bytes per
+  vocabulary entry (the tokenizer);
+- writers: the writer-output stores ``[S, B, P, d]`` alive together in the scoring pass — the counterfactual run's
+  outputs, this run's outputs and their difference ``ã - a``: ``3·S·X``; 0.75 fewer with ``mean``/``zero``
+  ablation (their cache has batch 1); EAP-IG's first pass is EAP's and its later passes hold less, while
+  clean-corrupted and eap-ig-activations keep 0.5 and 1 more (the latter holds the clean outputs too);
+- activations: what autograd saves per layer (residual-sized ``15·L·X``, MLP-hidden-sized ``4·L·B·P·d_mlp``) and the
+  per-layer transients of the scoring pass (``[R, B·P, d]`` reader-input gradients: ``3.2·R·X``); mask-ig, which
+  differentiates the masked forward, adds ``1.6·L·R·X``;
+- attention patterns: ``1.45·L·H·B·P²``;
+- logits ``[B, P, V]`` and their gradients: ``2.7·B·P·V`` (one more for ``kl``, whose reference is the clean logits);
+- a fixed 8 MiB (autograd's first-use buffers);
+- ``exact`` (``K = exact_batch`` masks per pass, no gradients): ``2.6·K·S·X`` for the writer stores with their
+  transients, ``2.9·K·B·P·V`` for the logits;
+- ``mean`` ablation first averages the writers over *all* prompts in one plain forward; with ``n_prompts`` given,
+  that pass (``(S + 2L + H + 4)·n·P·d`` stores and transients, MLP, patterns, logits) counts when it is larger.
 
-The coefficients absorb the CPU allocator's slack, so they read as "copies alive at the peak" only roughly. mask-ig
-(autograd through the masked forward) adds ``1.6·L·R·X`` and ``exact`` runs ``exact_batch`` masks per pass without
-gradients; those two were calibrated on one configuration each. Not counted: the Python/torch runtime itself (about
-0.5 GiB of RSS on CPU, the CUDA context on a GPU).
+The coefficients absorb the CPU allocator's slack, so they read as "copies alive at the peak" only roughly. On 47
+measured runs (1-12 layers, d_model 8-768, 1-256 prompts of 4-1024 tokens, vocabularies of 16-50,257, every
+method) the run memory was within 25% of the estimate in all but one (+31%). Not counted: the Python/torch runtime
+itself (about 0.5 GiB of RSS on CPU; the CUDA context on a GPU).
 """
 
 from __future__ import annotations
@@ -47,11 +51,15 @@ MLP_PER_LAYER = 4.0  # MLP-hidden-sized tensors per layer
 READER_TRANSIENT = 3.2  # [R, B*P, d] per-layer transients of the scoring pass
 ATTENTION = 1.45  # [H, B, P, P] attention patterns per layer
 LOGITS = 2.7  # [B, P, V] logits and their gradients
-LOGITS_SOFTMAX = 1.0  # one more [B, P, V] for metrics through a (log-)softmax
+KL_REFERENCE = 1.0  # the kl metric keeps the clean run's logits as its reference
+CACHE_BATCH_1 = 0.75  # mean/zero caches have batch 1: this much less than a [S, B, P, d] copy (measured)
 RUN_FIXED = 8 * MiB
 MASK_IG_READERS = 1.6  # mask-ig: reader inputs kept for autograd through the masked forward, per [R, B, P, d]
-EXTRA_WRITER_COPIES = {"eap": 0.0, "eap-ig-inputs": 1.0, "eap-ig": 1.0, "clean-corrupted": 1.0,
-                       "eap-ig-activations": 2.0, "mask-ig": 0.0, "exact": 0.0}
+EXACT_WRITERS = 2.6  # exact: [S, K, B, P, d] writer stores of K masks, with the per-layer transients
+EXACT_LOGITS = 2.9  # exact: [K, B, P, V] logits of consecutive passes
+# the first pass of every gradient method is EAP's; EAP-IG's later passes hold no more, the other two slightly more
+EXTRA_WRITER_COPIES = {"eap": 0.0, "eap-ig-inputs": 0.0, "eap-ig": 0.0, "clean-corrupted": 0.5,
+                       "eap-ig-activations": 1.0, "mask-ig": 0.0, "exact": 0.0}
 
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "kb": 10**3, "m": MiB, "mib": MiB, "mb": 10**6, "g": GiB,
           "gib": GiB, "gb": 10**9, "t": 2**40, "tib": 2**40, "tb": 10**12}
@@ -162,11 +170,17 @@ class MemoryEstimate:
     attention: int
     logits: int
     fixed: int
+    mean_pass: int = 0  # mean ablation: the plain forward over all prompts that computes the writers' means
+
+    @property
+    def batch_peak(self) -> int:
+        """The peak of one batch's pass, over the weights."""
+        return self.writers + self.activations + self.attention + self.logits
 
     @property
     def run(self) -> int:
         """What the run adds to a process that holds the model."""
-        return self.writers + self.activations + self.attention + self.logits + self.fixed
+        return max(self.batch_peak, self.mean_pass) + self.fixed
 
     @property
     def total(self) -> int:
@@ -175,6 +189,8 @@ class MemoryEstimate:
     def describe(self) -> str:
         parts = ", ".join(f"{k} {format_size(getattr(self, k))}"
                           for k in ("weights", "writers", "activations", "attention", "logits"))
+        if self.mean_pass > self.batch_peak:
+            parts += f"; the mean-ablation pass over all prompts {format_size(self.mean_pass)} is the peak"
         return f"{format_size(self.total)} ({parts})"
 
 
@@ -189,6 +205,7 @@ def estimate(
     ablation: str = "patch",
     metric: str = "logit_diff",
     exact_batch: int = 32,
+    n_prompts: int | None = None,
 ) -> MemoryEstimate:
     """The terms of :func:`estimate_peak_bytes`."""
     if method not in EXTRA_WRITER_COPIES:
@@ -198,26 +215,32 @@ def estimate(
     s = model_shape(model_or_cfg)
     it = _itemsize(model_or_cfg, dtype)
     S = n_writers if n_writers is not None else s.n_writers
-    L, H, R, d, P, V = s.n_layers, s.n_heads, s.n_readers_per_layer, s.d_model, seq_len, s.d_vocab
+    L, H, R, d, dm, P, V = s.n_layers, s.n_heads, s.n_readers_per_layer, s.d_model, s.d_mlp, seq_len, s.d_vocab
     params = s.param_bytes if s.param_bytes is not None else s.params() * it
     weights = params + ARCH_COPIES * L * d * R * s.d_head * it + MODEL_FIXED + PER_VOCAB_ENTRY * V
-    # exact evaluates exact_batch masks per pass, without gradients: a forward of exact_batch x batch prompts
-    # whose writer store has one slot per mask; its activations are transients of a single layer
-    k = exact_batch if method == "exact" else 1
-    X = batch * P * d * it
-    copies = WRITER_COPIES + EXTRA_WRITER_COPIES[method] - (1.0 if ablation in ("mean", "zero") else 0.0)
-    if method == "exact":
-        writers = float((k + 2) * S * X)
-        activations = k * (RESID_PER_LAYER * X + MLP_PER_LAYER * batch * P * s.d_mlp * it + READER_TRANSIENT * R * X)
+    X = batch * P * d * it  # one residual-stream-sized tensor of the batch
+    logit = batch * P * V * it
+    if method == "exact":  # exact_batch masks per masked forward, no gradients
+        k = exact_batch
+        writers = EXACT_WRITERS * k * S * X
+        activations = 0.0
         attention = ATTENTION * k * H * batch * P * P * it
+        logits = EXACT_LOGITS * k * logit
     else:
+        copies = WRITER_COPIES + EXTRA_WRITER_COPIES[method] - (CACHE_BATCH_1 if ablation in ("mean", "zero") else 0)
         writers = copies * S * X
-        activations = (RESID_PER_LAYER * L * X + MLP_PER_LAYER * L * batch * P * s.d_mlp * it
-                       + READER_TRANSIENT * R * X + (MASK_IG_READERS * L * R * X if method == "mask-ig" else 0.0))
+        activations = RESID_PER_LAYER * L * X + MLP_PER_LAYER * L * batch * P * dm * it + READER_TRANSIENT * R * X
+        if method == "mask-ig":
+            activations += MASK_IG_READERS * L * R * X
         attention = ATTENTION * L * H * batch * P * P * it
-    soft = LOGITS_SOFTMAX if metric in ("logprob", "prob_diff", "kl") else 0.0
-    logits = (LOGITS + soft) * k * batch * P * V * it
-    return MemoryEstimate(int(weights), int(writers), int(activations), int(attention), int(logits), RUN_FIXED)
+        logits = (LOGITS + (KL_REFERENCE if metric == "kl" else 0.0)) * logit
+    mean_pass = 0.0
+    if ablation == "mean" and n_prompts is not None:
+        # the writers' means come from one plain forward over all prompts (before any batch; freed after)
+        n = n_prompts * P * it
+        mean_pass = (S + 2 * L + 1 + H + 3) * n * d + 4 * n * dm + 2 * H * n * P + n * V
+    return MemoryEstimate(int(weights), int(writers), int(activations), int(attention), int(logits), RUN_FIXED,
+                          int(mean_pass))
 
 
 def estimate_peak_bytes(
@@ -231,16 +254,18 @@ def estimate_peak_bytes(
     ablation: str = "patch",
     metric: str = "logit_diff",
     exact_batch: int = 32,
+    n_prompts: int | None = None,
 ) -> int:
     """Estimated peak memory (bytes) of ``acdc.attribute`` with ``batch`` prompts per pass of ``seq_len`` tokens:
     the weights (with acdc's copies), the writer stores ``[n_writers, B, P, d_model]``, saved activations and
     gradients, attention patterns and logits ``[B, P, vocab]``; see the module docstring for each term.
 
     ``model_or_cfg``: a loaded model, its ``cfg``, a :class:`ModelShape` or a dict (see :func:`model_shape`).
-    ``dtype`` defaults to the model's (float32 when unknown).
+    ``dtype`` defaults to the model's (float32 when unknown). ``n_prompts`` (all prompts of the run) matters for
+    ``mean`` ablation, whose writer means come from one pass over every prompt.
     """
     return estimate(model_or_cfg, method=method, batch=batch, seq_len=seq_len, n_writers=n_writers, dtype=dtype,
-                    ablation=ablation, metric=metric, exact_batch=exact_batch).total
+                    ablation=ablation, metric=metric, exact_batch=exact_batch, n_prompts=n_prompts).total
 
 
 def pick_batch_size(
@@ -255,25 +280,30 @@ def pick_batch_size(
 ) -> int:
     """The largest batch (prompts per pass, at most ``max_batch``) whose estimated peak fits ``budget_bytes``.
 
-    Raises :class:`InputError` with a one-line message when one prompt does not fit. ``kw`` goes to
-    :func:`estimate_peak_bytes` (``dtype``, ``ablation``, ``metric``, ``n_writers``, ``exact_batch``).
+    Raises :class:`InputError` with a one-line message when one prompt does not fit (or, with ``mean`` ablation,
+    when the pass over all ``n_prompts`` that computes the means does not). ``kw`` goes to
+    :func:`estimate_peak_bytes` (``dtype``, ``ablation``, ``metric``, ``n_writers``, ``exact_batch``, ``n_prompts``).
     """
-    def peak(b: int) -> int:
-        return estimate_peak_bytes(model_or_cfg, method=method, batch=b, seq_len=seq_len, **kw)
+    def est(b: int) -> MemoryEstimate:
+        return estimate(model_or_cfg, method=method, batch=b, seq_len=seq_len, **kw)
 
-    one = peak(1)
-    if one > budget_bytes:
-        raise InputError(f"{method} needs {format_size(one)} for one prompt of {seq_len} tokens; {budget_name} is "
-                         f"{format_size(budget_bytes)}; use a shorter task or a smaller model")
+    one = est(1)
+    if one.total > budget_bytes:
+        budget = f"{budget_name} is {format_size(budget_bytes)}"
+        if one.mean_pass > one.batch_peak:
+            raise InputError(f"mean ablation averages the writers over all {kw.get('n_prompts')} prompts in one pass, "
+                             f"which needs {format_size(one.weights + one.fixed + one.mean_pass)}; {budget}; use "
+                             "fewer prompts or patch/zero ablation")
+        raise InputError(f"{method} needs {format_size(one.total)} for one prompt of {seq_len} tokens; {budget}; "
+                         "use a shorter task or a smaller model")
     hi = max_batch if max_batch is not None else 1 << 20
     lo = 1
-    if peak(hi) <= budget_bytes:
+    if est(hi).total <= budget_bytes:
         return hi
-    while hi - lo > 1:  # peak is increasing in the batch: peak(lo) fits, peak(hi) does not
+    while hi - lo > 1:  # the peak does not decrease with the batch: est(lo) fits, est(hi) does not
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if peak(mid) <= budget_bytes else (lo, mid)
+        lo, hi = (mid, hi) if est(mid).total <= budget_bytes else (lo, mid)
     return lo
-
 
 
 def batch_for_budget(
@@ -293,7 +323,8 @@ def batch_for_budget(
     budget_bytes = parse_size(budget) if isinstance(budget, str) else int(budget)
     seq_len = int(data.clean.shape[1])
     cap = max(1, -(-len(data) // processes))
-    kw: dict[str, Any] = {"n_writers": n_writers, "ablation": ablation, "metric": data.metric}
+    kw: dict[str, Any] = {"n_writers": n_writers, "ablation": ablation, "metric": data.metric,
+                          "n_prompts": len(data)}
     batch = pick_batch_size(budget_bytes, model, seq_len=seq_len, method=method, max_batch=cap,
                             budget_name=budget_name, **kw)
     est = estimate(model, method=method, batch=batch, seq_len=seq_len, **kw)

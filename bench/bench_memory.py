@@ -134,15 +134,16 @@ def main() -> None:
         configs = CONFIGS
     mib = 2**20
     print(f"method {args.method}; MiB; error = (estimate - measured) / measured")
-    print(f"{'configuration':<36} {'weights est/meas':>18} {'run est/meas':>22} {'total est/meas':>22}")
+    print(f"{'configuration':<36} {'weights est/meas':>17}  {'run est/meas':>13} {'err':>5}  "
+          f"{'total est/meas':>13} {'err':>5}")
     worst = 0.0
     for cfg in configs:
         r = measure(cfg, args.method, args.steps, args.threads)
         worst = max(worst, abs(r["est_total"] - r["total"]) / r["total"], abs(r["est_run"] - r["run"]) / r["run"])
-        print(f"{cfg['name']:<36} {r['est_weights'] / mib:7.0f}/{r['weights'] / mib:<6.0f} "
-              f"{r['est_run'] / mib:7.0f}/{r['run'] / mib:<6.0f} {_err(r['est_run'], r['run'])} "
-              f"{r['est_total'] / mib:7.0f}/{r['total'] / mib:<6.0f} {_err(r['est_total'], r['total'])}"
-              + ("" if r["reset"] else "  (peak mark not reset: includes loading)"))
+        cells = [f"{r['est_' + k] / mib:6.0f}/{r[k] / mib:<6.0f}" for k in ("weights", "run", "total")]
+        note = "" if r["reset"] else "  (peak mark not reset: includes loading)"
+        print(f"{cfg['name']:<36} {cells[0]:>17}  {cells[1]} {_err(r['est_run'], r['run'])}  {cells[2]} "
+              f"{_err(r['est_total'], r['total'])}{note}")
     print(f"largest relative error (run or total): {100 * worst:.0f}%")
 
 
