@@ -87,7 +87,7 @@ def child(cfg: dict[str, Any], method: str, steps: int, threads: int) -> None:
     graph = Graph.from_model(model)
     get_arch(model)
     est = estimate(model, method=method, batch=min(cfg["batch"], len(data)), seq_len=data.clean.shape[1],
-                   n_writers=graph.n_src, ablation=ablation, metric=data.metric)
+                   n_writers=graph.n_src, ablation=ablation, metric=data.metric, n_prompts=len(data))
     gc.collect()
     r1 = _rss()
     try:

@@ -350,7 +350,7 @@ def scores(task: str, method: str, steps: int, level: str, model_spec: str | Non
     })
     click.echo(f"{result.method} scores for {t.name} on {spec}: {len(data)} prompts ({split}), ablation {ablation}, "
                f"{graph.n_edges if level == 'edge' else graph.n_src} {level}s, {seconds:.1f} s"
-               + (f", {world} processes" if distributed else ""))
+               + (f", {world} process{'es' if world > 1 else ''}" if distributed else ""))
     click.echo(f"metric: {data.description}; score = change of the metric when ablated (negative = supports it)")
     for i, (name, value) in enumerate(result.top(n_top), 1):
         click.echo(f"{i:>4}  {name:<28} {value:+.5f}")
