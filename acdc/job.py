@@ -57,6 +57,7 @@ class JobOptions:
     mib: bool = True
     circuits: bool = True  # choose, save and draw one circuit per method (False: curves only, for `acdc pareto`)
     score_dirs: tuple[str, ...] = ()  # rankings saved by `acdc scores` to sweep as extra curves
+    distributed: bool = False  # share prompts among torchrun processes (eap / eap-ig and the sweeps)
     command: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -85,6 +86,19 @@ def run_job(task_name: str, model_spec: str | None, out: str | Path | None, opts
                          f"{', '.join(JOB_METHODS)}")
     if not 0 < opts.level <= 1:
         raise InputError(f"level must be in (0, 1], got {opts.level}")
+    main_rank = True
+    evaluator = None
+    if opts.distributed:
+        from acdc.distributed import evaluate_distributed, init_from_env
+
+        serial = [m for m in opts.methods if m not in ("eap", "eap-ig")]
+        if serial:
+            raise InputError(f"--distributed shares prompts for eap, eap-ig and the sweeps only; run "
+                             f"{', '.join(serial)} without it (or drop them with --methods)")
+        rank, _ = init_from_env()
+        main_rank = rank == 0
+        evaluator = evaluate_distributed
+        progress = progress and main_rank
     t_start = time.perf_counter()
     timings: dict[str, Any] = {"methods": {}}
     notes: list[str] = []
@@ -104,7 +118,7 @@ def run_job(task_name: str, model_spec: str | None, out: str | Path | None, opts
     test = task.build(model, opts.n, seed=opts.seed, split="test", counterfactual=opts.counterfactual)
     timings["data_s"] = round(time.perf_counter() - t0, 2)
     log(f"task {task.name}: {len(train)} train / {len(test)} test prompts; metric {train.description}")
-    folder = run_dir(task.name, "run", out)
+    folder = run_dir(task.name, "run", out) if main_rank else Path(".")
 
     # ---- methods ----------------------------------------------------------------------------------------------
     sizes = size_grid(graph.n_edges, opts.per_decade)
@@ -115,8 +129,15 @@ def run_job(task_name: str, model_spec: str | None, out: str | Path | None, opts
     for method in opts.methods:
         t0 = time.perf_counter()
         if method in ("eap", "eap-ig"):
-            s = attribute(model, graph, train, "eap" if method == "eap" else "eap-ig-inputs", ablation=ablation,  # type: ignore[arg-type]
-                          steps=opts.ig_steps, progress=progress)
+            name = "eap" if method == "eap" else "eap-ig-inputs"
+            if opts.distributed:
+                from acdc.distributed import attribute_distributed
+
+                s = attribute_distributed(model, graph, train, name, ablation=ablation, steps=opts.ig_steps,
+                                          progress=progress)
+            else:
+                s = attribute(model, graph, train, name, ablation=ablation, steps=opts.ig_steps,  # type: ignore[arg-type]
+                              progress=progress)
             if method == "eap-ig":
                 ig_scores = s
             rankings[method] = s.scores
@@ -166,9 +187,11 @@ def run_job(task_name: str, model_spec: str | None, out: str | Path | None, opts
     on_train = None
     if opts.circuits:  # choosing circuits needs their train-split faithfulness
         on_train = sweep(model, graph, train, curves, ablation=ablation, batch=opts.batch, n_boot=0,
-                         progress=progress, info=info)
+                         progress=progress, info=info, evaluator=evaluator)
     pareto = sweep(model, graph, test, curves, ablation=ablation, batch=opts.batch, n_boot=opts.bootstrap,
-                   seed=opts.seed, progress=progress, info=info)
+                   seed=opts.seed, progress=progress, info=info, evaluator=evaluator)
+    if not main_rank:  # every rank took part in the sweeps; rank 0 alone chooses, draws and writes
+        return {}
     timings["sweep_s"] = round(time.perf_counter() - t0, 2)
     n_points = sum(len(c["points"]) for c in pareto["curves"])
     log(f"sweep: {n_points} circuits on {len(train)} train + {len(test)} test prompts ({timings['sweep_s']:.1f} s)")

@@ -242,8 +242,12 @@ def sweep(
     seed: int = 0,
     progress: bool = True,
     info: dict[str, Any] | None = None,
+    evaluator: Callable[..., Evaluation] | None = None,
 ) -> dict[str, Any]:
     """Evaluate every circuit of every curve exactly on ``data`` (held-out prompts) and summarise.
+
+    ``evaluator``: what evaluates the masks (default :func:`evaluate_masks`; :func:`acdc.distributed.
+    evaluate_distributed` shares the prompts among torchrun processes).
 
     Identical circuits (across sizes and methods) are evaluated once. Returns the JSON-able pareto document
     (format ``acdc-pareto/1``: curves with points ``edges, requested, fraction, f, f_ci, kl, kl_ci, label``, the
@@ -266,7 +270,7 @@ def sweep(
             idx.append(unique[key])
         where.append(idx)
     bar = tqdm(total=len(masks) + 2, desc="pareto sweep", unit="circuit", disable=not progress, leave=False)
-    ev = evaluate_masks(model, graph, data, masks, ablation=ablation, batch=batch, progress=bar.update)
+    ev = (evaluator or evaluate_masks)(model, graph, data, masks, ablation=ablation, batch=batch, progress=bar.update)
     bar.close()
     stats = faithfulness_ci(ev, n_boot=n_boot, seed=seed)
     total = graph.n_edges

@@ -490,6 +490,9 @@ def _job_options(f: Any) -> Any:
                      help="Edge-pruning training steps."),
         click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
                      help="Output folder [outputs/<task>/<run-id>/]."),
+        click.option("--distributed", is_flag=True,
+                     help="Under torchrun: share the prompts of eap, eap-ig and the sweeps among the processes "
+                          "(torch.distributed); rank 0 writes and prints."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -498,14 +501,23 @@ def _job_options(f: Any) -> Any:
 
 def _run_job(task: str, model_spec: str | None, methods: str, n_prompts: int | None, seed: int,
              ablation: str | None, counterfactual: str | None, bootstrap: int, level: float, acdc_budget: float,
-             ep_steps: int, out_dir: str | None, *, circuits: bool, score_dirs: tuple[str, ...] = ()) -> dict[str, Any]:
+             ep_steps: int, out_dir: str | None, distributed: bool, *, circuits: bool,
+             score_dirs: tuple[str, ...] = ()) -> dict[str, Any]:
     from acdc.job import JobOptions, run_job
 
     opts = JobOptions(methods=_methods(methods) if methods else (), n=n_prompts, seed=seed, ablation=ablation,
                       counterfactual=counterfactual, bootstrap=bootstrap, level=level, acdc_budget_s=acdc_budget,
                       ep_steps=ep_steps, circuits=circuits, report=circuits, score_dirs=score_dirs,
-                      command="acdc " + " ".join(sys.argv[1:]))
-    return run_job(task, model_spec, out_dir, opts, log=lambda line: click.echo(line, err=True))
+                      distributed=distributed, command="acdc " + " ".join(sys.argv[1:]))
+    quiet = distributed and os.environ.get("RANK", "0") != "0"
+    try:
+        return run_job(task, model_spec, out_dir, opts, log=(lambda line: None) if quiet else
+                       (lambda line: click.echo(line, err=True)))
+    finally:
+        if distributed:
+            from acdc.distributed import shutdown
+
+            shutdown()
 
 
 @main.command("run")
@@ -513,7 +525,7 @@ def _run_job(task: str, model_spec: str | None, methods: str, n_prompts: int | N
 @_job_options
 def run(task: str, model_spec: str | None, methods: str, n_prompts: int | None, seed: int, ablation: str | None,
         counterfactual: str | None, bootstrap: int, level: float, acdc_budget: float, ep_steps: int,
-        out_dir: str | None) -> None:
+        out_dir: str | None, distributed: bool) -> None:
     """The main job: find circuits for TASK with several methods, sweep their sizes, draw them, write a report.
 
     On the task's default (zoo) model it builds train and test prompts, runs the methods on train (EAP, EAP-IG,
@@ -529,7 +541,9 @@ def run(task: str, model_spec: str | None, methods: str, n_prompts: int | None, 
       acdc run path/to/my_task.yaml --bootstrap 200
     """
     s = _run_job(task, model_spec, methods, n_prompts, seed, ablation, counterfactual, bootstrap, level, acdc_budget,
-                 ep_steps, out_dir, circuits=True)
+                 ep_steps, out_dir, distributed, circuits=True)
+    if not s:  # a torchrun process other than rank 0
+        return
     from acdc.job import summary_table
 
     click.echo(f"{s['task']} on {s['model']}: {s['graph']['edges']} edges; f on {s['data']['test']['n']} test "
@@ -550,7 +564,7 @@ def run(task: str, model_spec: str | None, methods: str, n_prompts: int | None, 
               help="Also sweep rankings saved by `acdc scores` (a run folder; repeatable).")
 def pareto(task: str, model_spec: str | None, methods: str, n_prompts: int | None, seed: int, ablation: str | None,
            counterfactual: str | None, bootstrap: int, level: float, acdc_budget: float, ep_steps: int,
-           out_dir: str | None, score_dirs: tuple[str, ...]) -> None:
+           out_dir: str | None, distributed: bool, score_dirs: tuple[str, ...]) -> None:
     """Curves of circuit size vs loss recovered for TASK, their pareto frontier and summaries (CPR, CMD, edges
     needed for f >= 0.8 / 0.9 / 0.99), evaluated exactly on the test split.
 
@@ -560,10 +574,13 @@ def pareto(task: str, model_spec: str | None, methods: str, n_prompts: int | Non
     Examples:
       acdc pareto ioi --methods eap,eap-ig
       acdc pareto induction --methods eap-ig --scores outputs/induction/20261121-050000-exact
+      torchrun --nproc-per-node 2 -m acdc.cli.main -- pareto ioi --methods eap,eap-ig --distributed
     """
     s = _run_job(task, model_spec, methods if methods or not score_dirs else "", n_prompts, seed, ablation,
-                 counterfactual, bootstrap, level, acdc_budget, ep_steps, out_dir, circuits=False,
+                 counterfactual, bootstrap, level, acdc_budget, ep_steps, out_dir, distributed, circuits=False,
                  score_dirs=score_dirs)
+    if not s:  # a torchrun process other than rank 0
+        return
     p = s["pareto"]
     click.echo(f"{s['task']} on {s['model']}: {p['n_edges_total']} edges, {p['n_prompts']} test prompts")
     click.echo(f"{'method':<22}{'CPR':>7}{'CMD':>7}   edges for f>=0.8/0.9/0.99")

@@ -187,3 +187,33 @@ def test_cli_scores_under_torchrun_equal_plain_run(tmp_path, toy_ioi):
                     steps=2, batch_size=16, progress=False).scores
     got = load_file(str(tmp_path / "dist" / "scores.safetensors"))["scores"]
     assert _rel(got, ref.float()) <= 1e-5
+
+
+def test_cli_pareto_under_torchrun_equals_single_process(tmp_path, toy_ioi):
+    """``acdc pareto ... --distributed`` under torchrun: the rankings and every circuit's f, KL and interval equal a
+    single-process run's (the bootstrap sees the same per-prompt values in the same order)."""
+    import json
+
+    from acdc.cli.main import main
+    from click.testing import CliRunner
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    common = ["pareto", "ioi", "--methods", "eap,eap-ig", "--n", "40", "--bootstrap", "50"]
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+         "-m", "acdc.cli.main", "--", *common, "--distributed", "--out", str(tmp_path / "dist")],
+        env=env, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("frontier:") == 1  # rank 0 alone reports
+    r = CliRunner().invoke(main, [*common, "--out", str(tmp_path / "one")])
+    assert r.exit_code == 0, r.output
+    got = json.loads((tmp_path / "dist" / "pareto.json").read_text())
+    want = json.loads((tmp_path / "one" / "pareto.json").read_text())
+    for cg, cw in zip(got["curves"], want["curves"], strict=True):
+        assert [p["edges"] for p in cg["points"]] == [p["edges"] for p in cw["points"]]
+        for pg, pw in zip(cg["points"], cw["points"], strict=True):
+            for key in ("f", "kl"):
+                assert pg[key] == pytest.approx(pw[key], rel=1e-5, abs=1e-7)
+            assert pg["f_ci"] == pytest.approx(pw["f_ci"], rel=1e-5, abs=1e-7)
+    r = CliRunner().invoke(main, ["pareto", "ioi", "--methods", "eap,acdc", "--distributed"])
+    assert r.exit_code == 2 and "run acdc without it" in r.output
