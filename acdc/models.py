@@ -98,6 +98,7 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     *,
     trust_remote_code: bool = False,
+    device_map: str | dict[str, str | int] | None = None,
 ) -> Any:
     """Load ``spec`` as a TransformerBridge ready for circuit discovery.
 
@@ -106,6 +107,9 @@ def load_model(
         device: torch device.
         dtype: weight dtype.
         trust_remote_code: allow a hub model's own Python code to run (off by default).
+        device_map: Hugging Face / accelerate placement (``"auto"`` or ``{"module": device}``), passed to the bridge
+            instead of ``device``. acdc's masked forward computes on one device, so a map that spreads the model over
+            several devices is refused (one line) after loading.
 
     Raises:
         UnknownZooModel, ModelLoadError, UnsupportedArchitecture with one-line messages.
@@ -117,8 +121,9 @@ def load_model(
     if local:
         os.environ["HF_HUB_OFFLINE"] = "1"
     try:
+        placement: dict[str, Any] = {"device": device} if device_map is None else {"device_map": device_map}
         bridge = TransformerBridge.boot_transformers(
-            source, device=device, dtype=dtype, trust_remote_code=trust_remote_code
+            source, dtype=dtype, trust_remote_code=trust_remote_code, **placement
         )
     except (OSError, ValueError, KeyError) as e:
         raise ModelLoadError(f"could not load model '{spec}': {str(e).splitlines()[0]}") from e
@@ -128,6 +133,14 @@ def load_model(
                 os.environ.pop("HF_HUB_OFFLINE", None)
             else:
                 os.environ["HF_HUB_OFFLINE"] = env_before
+    if device_map is not None:
+        devices = sorted({str(p.device) for p in bridge.parameters()})
+        if len(devices) > 1:
+            raise ModelLoadError(
+                f"device_map placed '{spec}' on {len(devices)} devices ({', '.join(devices)}); acdc's masked forward "
+                "computes on one device, so sharding a model across devices is not supported yet: use one device "
+                "(or torchrun data parallelism with a copy per device)"
+            )
     prepare_bridge(bridge, spec)
     bridge.acdc_spec = spec  # which task dataset / token range fits this model (see Task.build)
     return bridge

@@ -242,14 +242,33 @@ def tasks_validate(file: str, model_spec: str | None, n_prompts: int) -> None:
     click.echo(f"ok: {file} is a valid task file" + ("" if model_spec else " (add --model M to build it too)"))
 
 
-def _task_setup(task: str, model_spec: str | None, ablation: str | None) -> tuple[Any, str, str, Any, Any]:
+def parse_device_map(value: str | None) -> str | dict[str, Any] | None:
+    """``--device-map``: a Hugging Face directive (``auto``, ``balanced``, ...) or a JSON object module -> device."""
+    import json
+
+    from acdc.errors import InputError
+
+    if value is None or not value.strip().startswith("{"):
+        return value
+    try:
+        placement = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise InputError(f"--device-map is not valid JSON ({e.msg}); give auto, balanced or "
+                         "'{\"transformer.h.0\": 0, ...}'") from None
+    if not isinstance(placement, dict):
+        raise InputError("--device-map must be a directive like auto or a JSON object of module -> device")
+    return placement
+
+
+def _task_setup(task: str, model_spec: str | None, ablation: str | None, device_map: str | None = None
+                ) -> tuple[Any, str, str, Any, Any]:
     """(task, model spec, ablation, model, graph) for a command on TASK: the task's defaults fill what is not given."""
     from acdc import Graph, load_model
     from acdc.task import get_task
 
     t = get_task(task)
     spec = model_spec or t.default_model
-    model = load_model(spec)
+    model = load_model(spec, device_map=parse_device_map(device_map))
     return t, spec, ablation or t.spec.defaults.ablation, model, Graph.from_model(model)
 
 
@@ -275,6 +294,9 @@ SCORE_METHODS = ("eap", "eap-ig-inputs", "eap-ig", "eap-ig-activations", "clean-
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1),
               help="Prompts per pass; memory grows with it.")
 @click.option("--top", "n_top", default=20, show_default=True, type=click.IntRange(1), help="Edges to print.")
+@click.option("--device-map", default=None, metavar="MAP",
+              help="Hugging Face placement passed to the bridge: auto, balanced, or JSON {module: device} "
+                   "(acdc computes on one device: a map over several is refused).")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Output folder [outputs/<task>/<run-id>/].")
 @click.option("--max-memory", default=None, metavar="SIZE",
@@ -286,7 +308,7 @@ SCORE_METHODS = ("eap", "eap-ig-inputs", "eap-ig", "eap-ig-activations", "clean-
                    "Put -- before 'scores' so that torchrun leaves options such as --n alone.")
 def scores(task: str, method: str, steps: int, level: str, model_spec: str | None, n_prompts: int | None,
            seed: int | None, split: str, counterfactual: str | None, ablation: str | None, batch_size: int,
-           n_top: int, out_dir: str | None, max_memory: str | None, distributed: bool) -> None:
+           n_top: int, out_dir: str | None, max_memory: str | None, distributed: bool, device_map: str | None) -> None:
     """Score every edge (or node) of TASK's graph by attribution patching and print the top ones.
 
     Writes scores.safetensors (the full score matrix), top_edges.json and run.yaml to the output folder. A score
@@ -306,7 +328,7 @@ def scores(task: str, method: str, steps: int, level: str, model_spec: str | Non
     from acdc.attribution import attribute
     from acdc.runs import run_dir, write_run_yaml
 
-    t, spec, ablation, model, graph = _task_setup(task, model_spec, ablation)
+    t, spec, ablation, model, graph = _task_setup(task, model_spec, ablation, device_map)
     data = t.build(model, n_prompts, seed=seed, split=split, counterfactual=counterfactual)
     rank, world = 0, 1
     if distributed:  # --distributed: every rank scores its shard; only rank 0 goes on to write and print
