@@ -248,7 +248,7 @@ def parse_device_map(value: str | None) -> str | dict[str, Any] | None:
 
     from acdc.errors import InputError
 
-    if value is None or not value.strip().startswith("{"):
+    if value is None or not value.strip().startswith(("{", "[", '"')):
         return value
     try:
         placement = json.loads(value)
