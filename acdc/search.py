@@ -11,7 +11,9 @@ its incoming edges are removed without evaluation (this changes nothing).
 Fast, same answer (``fast=True``):
 - every candidate of one reader leaves everything below that reader unchanged, so the masked forward starts at
   the reader's layer from the writers' outputs computed once per reader (``start``/``prefix`` of the masked pass);
-- up to ``speculate`` candidates are evaluated in one batched pass, candidate j assuming candidates 1..j-1 removed;
+- up to ``speculate`` candidates are evaluated in one batched pass, candidate j assuming candidates 1..j-1 removed
+  (default 8 on a GPU, where a batch of masks costs about one pass; 1 on a CPU, where K masks cost K passes and
+  the speculative evaluations thrown away after a rejection made the search slower than the plain one);
   the decisions are then replayed in order and, at the first rejection, speculation restarts after the rejected
   edge, with a width that follows the recent run of acceptances (doubling after a batch fully accepted).
   Every decision compares exactly the two circuits the sequential search compares.
@@ -74,7 +76,7 @@ def acdc_search(
     distance: str = "kl",
     ablation: str = "patch",
     fast: bool = True,
-    speculate: int = 8,
+    speculate: int | None = None,
     checkpoint: str | Path | None = None,
     progress: bool = True,
 ) -> tuple[Circuit, SearchCost]:
@@ -84,9 +86,11 @@ def acdc_search(
 
     if threshold < 0:
         raise InputError(f"threshold must be >= 0, got {threshold}")
+    arch = get_arch(model)
+    if speculate is None:
+        speculate = 8 if arch.device.type == "cuda" else 1
     if speculate < 1:
         raise InputError(f"speculate must be >= 1, got {speculate}")
-    arch = get_arch(model)
     _check_graph(graph, arch)
     clean = data.clean.to(arch.device)
     cache = ablation_cache(model, graph, data.corrupt if ablation != "zero" else None, ablation)  # type: ignore[arg-type]

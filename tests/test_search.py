@@ -24,6 +24,10 @@ def test_fast_acdc_equals_sequential(fixture, task, request):
         assert 0 < fast.n_edges < g.n_edges
         assert c_fast.passes < c_plain.passes  # speculation batches candidates
         assert c_plain.passes == c_plain.masks  # the reference: one full masked forward per evaluated edge
+        # the CPU default (no speculation): the prefix reuse alone, same answer, fewer forward-equivalents
+        cpu, c_cpu = acdc_search(model, g, data, tau, fast=True, progress=False)
+        assert torch.equal(plain.mask, cpu.mask), (task, tau)
+        assert c_cpu.forward_equivalents < 0.8 * c_plain.forward_equivalents
 
 
 def test_interrupted_search_resumes_identically(toy_ioi, tmp_path, monkeypatch):
