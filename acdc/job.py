@@ -124,7 +124,6 @@ def run_job(task_name: str, model_spec: str | None, out: str | Path | None, opts
     sizes = size_grid(graph.n_edges, opts.per_decade)
     curves = []
     rankings: dict[str, torch.Tensor] = {}
-    found: dict[str, list[Circuit]] = {}
     ig_scores = None
     for method in opts.methods:
         t0 = time.perf_counter()
@@ -144,12 +143,11 @@ def run_job(task_name: str, model_spec: str | None, out: str | Path | None, opts
             curves.append(curve_from_scores(graph, method, s.scores, sizes))
         elif method == "edge-pruning":
             n_ep = opts.ep_edges or min(graph.n_edges, max(20, round(0.05 * graph.n_edges)))
-            c, log_alpha, _ = edge_pruning(model, graph, train, edges=n_ep, ablation=ablation, steps=opts.ep_steps,
+            _, log_alpha, _ = edge_pruning(model, graph, train, edges=n_ep, ablation=ablation, steps=opts.ep_steps,
                                            seed=opts.seed, progress=progress)
             keep = torch.sigmoid(log_alpha.double()) * graph.valid  # monotone in log alpha, positive: |.| ranks right
             rankings[method] = keep
             curves.append(curve_from_scores(graph, method, keep, sizes))
-            found[method] = [c]
             notes.append(f"edge-pruning: masks trained for {n_ep} edges ({opts.ep_steps} steps); the curve ranks "
                          "every edge by its learned keep probability sigmoid(log alpha)")
         elif method == "hybrid":
@@ -162,7 +160,6 @@ def run_job(task_name: str, model_spec: str | None, out: str | Path | None, opts
                                      progress=False)
                 c.meta["label"] = f"target={tgt:g}"
                 cs.append(c)
-            found[method] = cs
             curves.append(curve_from_circuits(method, cs))
         elif method == "acdc":
             thresholds = _acdc_plan(model, graph, train, ablation, opts, notes)
@@ -172,7 +169,6 @@ def run_job(task_name: str, model_spec: str | None, out: str | Path | None, opts
                 c.meta["label"] = f"tau={tau:g}"
                 cs.append(c)
             if cs:
-                found[method] = cs
                 curves.append(curve_from_circuits(method, cs))
         timings["methods"][method] = round(time.perf_counter() - t0, 2)
         log(f"{method}: {timings['methods'][method]:.1f} s")
