@@ -245,6 +245,7 @@ def attribute(
     batch_size: int = 32,
     exact_batch: int = 32,
     progress: bool = True,
+    precomputed: AblationCache | None = None,
 ) -> EdgeScores:
     """Score every edge (``level="edge"``) or writer (``level="node"``) of ``graph`` on the task ``data``.
 
@@ -260,6 +261,8 @@ def attribute(
         batch_size: prompts per pass (memory grows linearly with it).
         exact_batch: masks per masked forward for ``exact``.
         progress: show a progress bar.
+        precomputed: a ``mean`` (or ``zero``) ablation cache computed elsewhere, used instead of the mean over
+            ``data.corrupt`` (e.g. the mean over every process's prompts, :mod:`acdc.distributed`).
 
     Returns:
         :class:`EdgeScores` in metric units, averaged over prompts.
@@ -291,7 +294,12 @@ def attribute(
         raise InputError(f"clean {list(clean.shape)} and counterfactual {list(corrupt.shape)} prompts differ in shape")
     n = clean.shape[0]
     mean_cache = None
-    if ablation == "mean":
+    if precomputed is not None:
+        if precomputed.ablation != ablation or ablation == "patch":
+            raise InputError(f"a precomputed cache is for mean or zero ablation matching --ablation; got a "
+                             f"{precomputed.ablation} cache for ablation {ablation}")
+        mean_cache = precomputed
+    elif ablation == "mean":
         mean_cache = ablation_cache(model, graph, corrupt, "mean")
     elif ablation == "zero":
         mean_cache = ablation_cache(model, graph, None, "zero")

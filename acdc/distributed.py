@@ -12,8 +12,8 @@ environment and joins the process group (gloo for CPU tensors, nccl for CUDA one
 Shards are contiguous and, for attribution, cut at multiples of the batch size, so each rank runs exactly the
 batches one process would run: only the order of the final float64 sums differs.
 
-``mean`` ablation is refused: it replaces writers by their mean over *all* counterfactual prompts, and
-``attribute``/``evaluate_masks`` build that mean from the prompts they are given, so a shard would use its own mean.
+``mean`` ablation replaces writers by their mean over *all* counterfactual prompts: the ranks all-reduce their
+shards' writer sums first (:func:`mean_cache_distributed`) and hand that cache to ``attribute``/``evaluate_masks``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from acdc.attribution import EdgeScores, attribute
 from acdc.errors import InputError
 from acdc.graph import Graph
 from acdc.pareto import Evaluation, evaluate_masks
+from acdc.patching import AblationCache
 from acdc.types import TaskData
 
 _ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -122,11 +123,33 @@ def shard(data: TaskData, rank: int, world: int, *, align: int = 1) -> TaskData:
     return _rows(data, lo, hi)
 
 
-def _refuse_mean(ablation: str, world: int, what: str) -> None:
-    if ablation == "mean" and world > 1:
-        raise InputError(f"mean ablation averages writers over all counterfactual prompts, but {what} computes the "
-                         "mean from the shard it is given, so ranks would disagree; use --ablation patch or zero "
-                         "with --distributed")
+def mean_cache_distributed(model: Any, graph: Graph, data: TaskData) -> AblationCache:
+    """The ``mean`` ablation cache over ALL prompts of ``data`` when each rank holds a shard: every rank records the
+    writers of its shard's counterfactual prompts, and the sums are all-reduced (the single-process cache is the
+    mean over every prompt, so shards must not average on their own)."""
+    from acdc.arch import get_arch
+    from acdc.patching import _plain
+
+    rank, world = rank_world()
+    arch = get_arch(model)
+    n, p = data.corrupt.shape
+    lo, hi = shard_bounds(n, rank, world)
+    S, L, d = graph.n_src, arch.n_layers, arch.d_model
+    sums = [torch.zeros(S, 1, p, d, dtype=torch.float64), torch.zeros(L, 1, p, d, dtype=torch.float64),
+            torch.zeros(L, 1, p, d, dtype=torch.float64), torch.zeros(1, p, d, dtype=torch.float64)]
+    if hi > lo:
+        with torch.no_grad():
+            _, c = _plain(arch, data.corrupt[lo:hi].to(arch.device), logits=False)
+        parts = [c.writers.sum(1, keepdim=True), c.base_attn.sum(1, keepdim=True), c.base_mlp.sum(1, keepdim=True),
+                 c.base_final.sum(0, keepdim=True)]
+        sums = [t.double().cpu() for t in parts]
+    dev = _comm_device()
+    out = []
+    for t in sums:
+        t = t.to(dev)
+        dist.all_reduce(t)
+        out.append((t / n).to(device=arch.device, dtype=arch.dtype))
+    return AblationCache("mean", out[0], out[1], out[2], out[3])
 
 
 # ---- attribution --------------------------------------------------------------------------------------------------
@@ -148,17 +171,17 @@ def attribute_distributed(
     process group this is ``attribute`` itself.
     """
     rank, world = rank_world()
-    _refuse_mean(ablation, world, "acdc.attribute")
     if world == 1:
         return attribute(model, graph, data, method, ablation=ablation, batch_size=batch_size,  # type: ignore[arg-type]
                          progress=progress, **kw)
     n = len(data)
     lo, hi = shard_bounds(n, rank, world, align=batch_size)
     level = kw.get("level", "edge")
+    pre = mean_cache_distributed(model, graph, data) if ablation == "mean" else None  # collective: every rank
     part: EdgeScores | None = None
     if hi > lo:
         part = attribute(model, graph, _rows(data, lo, hi), method, ablation=ablation,  # type: ignore[arg-type]
-                         batch_size=batch_size, progress=progress and rank == 0, **kw)
+                         batch_size=batch_size, progress=progress and rank == 0, precomputed=pre, **kw)
         local = part.scores.double() * (hi - lo)
     else:  # more ranks than batches: this rank only joins the reduction
         local = torch.zeros((graph.n_src, graph.n_dst) if level == "edge" else (graph.n_src,), dtype=torch.float64)
@@ -186,17 +209,18 @@ def evaluate_distributed(
     values are all-gathered in prompt order, so every rank returns the :class:`Evaluation` of the whole ``data``
     (and rank 0 can compute bootstrap intervals). ``kw`` goes to ``evaluate_masks``."""
     rank, world = rank_world()
-    _refuse_mean(ablation, world, "acdc.pareto.evaluate_masks")
     if world == 1:
         return evaluate_masks(model, graph, data, masks, ablation=ablation, batch=batch, **kw)
     n, k = len(data), len(masks)
     bounds = [shard_bounds(n, r, world) for r in range(world)]
     width = max(hi - lo for lo, hi in bounds)
     lo, hi = bounds[rank]
+    pre = mean_cache_distributed(model, graph, data) if ablation == "mean" else None  # collective: every rank
     # one [2K + 2, width] float64 block per rank: metric rows, kl rows, full, empty (padded to the widest shard)
     block = torch.zeros(2 * k + 2, width, dtype=torch.float64)
     if hi > lo:
-        ev = evaluate_masks(model, graph, _rows(data, lo, hi), masks, ablation=ablation, batch=batch, **kw)
+        ev = evaluate_masks(model, graph, _rows(data, lo, hi), masks, ablation=ablation, batch=batch,
+                            precomputed=pre, **kw)
         block[:, : hi - lo] = torch.cat([ev.metric, ev.kl, ev.full[None], ev.empty[None]]).double()
     dev = _comm_device()
     parts = [torch.empty_like(block, device=dev) for _ in range(world)]

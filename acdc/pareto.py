@@ -76,12 +76,14 @@ def evaluate_masks(
     batch: int = 16,
     max_elements: int = 2**27,
     progress: Callable[[float], None] | None = None,
+    precomputed: Any = None,
 ) -> Evaluation:
     """Evaluate circuits given as ``[n_src, n_dst]`` masks exactly, ``batch`` masks per masked forward.
 
     Prompts are processed in chunks so that ``masks x prompts x positions x vocabulary`` logits stay below
     ``max_elements``; ``patch`` ablation takes each chunk's counterfactual prompts, ``mean`` the mean over all of
-    them. ``progress(k)`` is called after every pass with the number of masks it evaluated.
+    them (or ``precomputed``, a mean/zero ablation cache computed elsewhere, e.g. over every process's prompts).
+    ``progress(k)`` is called after every pass with the number of masks it evaluated.
     """
     from acdc.arch import get_arch
     from acdc.metrics import kl_divergence, task_metric
@@ -96,7 +98,12 @@ def evaluate_masks(
     per_prompt = batch * p * int(getattr(model.cfg, "d_vocab", 50257))
     chunk = max(1, min(n, max_elements // max(per_prompt, 1)))
     shared = None
-    if ablation == "mean":
+    if precomputed is not None:
+        if precomputed.ablation != ablation or ablation == "patch":
+            raise InputError(f"a precomputed cache is for mean or zero ablation matching the ablation; got a "
+                             f"{precomputed.ablation} cache for ablation {ablation}")
+        shared = precomputed
+    elif ablation == "mean":
         shared = ablation_cache(model, graph, data.corrupt.to(arch.device), "mean")
     elif ablation == "zero":
         shared = ablation_cache(model, graph, None, "zero")

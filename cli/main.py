@@ -304,7 +304,7 @@ SCORE_METHODS = ("eap", "eap-ig-inputs", "eap-ig", "eap-ig-activations", "clean-
                    "batch whose estimated peak (weights, activations, logits) fits.")
 @click.option("--distributed", is_flag=True,
               help="Split the prompts over the processes of a torchrun launch and reduce the scores with "
-                   "torch.distributed (gloo on CPU, nccl on GPU); rank 0 writes and prints. Not with mean ablation. "
+                   "torch.distributed (gloo on CPU, nccl on GPU); rank 0 writes and prints. "
                    "Put -- before 'scores' so that torchrun leaves options such as --n alone.")
 def scores(task: str, method: str, steps: int, level: str, model_spec: str | None, n_prompts: int | None,
            seed: int | None, split: str, counterfactual: str | None, ablation: str | None, batch_size: int,

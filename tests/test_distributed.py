@@ -66,10 +66,10 @@ def _worker(rank: int, world: int, port: int, folder: str, model: object) -> Non
         out[f"scores{i}"] = s.scores
     ev = evaluate_distributed(model, graph, data, _masks(graph), batch=2)
     out["eval"] = (ev.metric, ev.kl, ev.full, ev.empty)
-    try:
-        attribute_distributed(model, graph, data, "eap", ablation="mean", progress=False)
-    except InputError as e:
-        out["mean_error"] = str(e)
+    out["mean_scores"] = attribute_distributed(model, graph, data, "eap", ablation="mean", batch_size=4,
+                                               progress=False).scores
+    ev = evaluate_distributed(model, graph, data, _masks(graph), ablation="mean", batch=2)
+    out["mean_eval"] = (ev.metric, ev.kl, ev.full, ev.empty)
     torch.save(out, Path(folder) / f"rank{rank}.pt")
     shutdown()
 
@@ -125,9 +125,17 @@ def test_distributed_evaluation_equals_single_process(two_ranks, single):
             assert _rel(got, want) <= 1e-5
 
 
-def test_distributed_refuses_mean_ablation(two_ranks):
-    msg = two_ranks[0]["mean_error"]
-    assert "mean ablation" in msg and "--ablation patch or zero" in msg and "\n" not in msg
+def test_distributed_mean_ablation_uses_the_mean_over_all_prompts(two_ranks, single):
+    """Each rank holds half the prompts, but the mean that replaces ablated writers is the mean over all of them
+    (all-reduced writer sums), so scores and evaluations equal one process's."""
+    model, graph, data = single
+    ref = attribute(model, graph, data, "eap", ablation="mean", batch_size=4, progress=False).scores
+    own = evaluate_masks(model, graph, data, _masks(graph), ablation="mean", batch=2)
+    for r in range(2):
+        assert _rel(two_ranks[r]["mean_scores"], ref) <= 1e-5
+        metric, kl, full, empty = two_ranks[r]["mean_eval"]
+        for got, want in ((metric, own.metric), (kl, own.kl), (full, own.full), (empty, own.empty)):
+            assert _rel(got, want) <= 1e-5
 
 
 def test_single_process_falls_back_to_attribute(single):
