@@ -71,6 +71,9 @@ def patterns_from_weights(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     from acdc.arch import get_arch
 
     arch = get_arch(model)
+    if arch.rotary is not None:
+        raise SystemExit("patterns_from_weights covers GPT-2-style attention only (no rotary embeddings); use "
+                         "attention_patterns (the bridge's hooks) for this model")
     tokens = tokens.to(arch.device)
     p = tokens.shape[1]
     causal = torch.ones(p, p, dtype=torch.bool, device=arch.device).triu(1)
