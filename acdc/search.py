@@ -8,15 +8,19 @@ its remaining incoming edges in descending source order (the latest writer first
 ``D(H without it) - D(H) < threshold``. A reader whose node has no outgoing edge left cannot affect the output:
 its incoming edges are removed without evaluation (this changes nothing).
 
-Fast, same answer (``fast=True``):
-- every candidate of one reader leaves everything below that reader unchanged, so the masked forward starts at
-  the reader's layer from the writers' outputs computed once per reader (``start``/``prefix`` of the masked pass);
-- up to ``speculate`` candidates are evaluated in one batched pass, candidate j assuming candidates 1..j-1 removed
-  (default 8 on a GPU, where a batch of masks costs about one pass; 1 on a CPU, where K masks cost K passes and
-  the speculative evaluations thrown away after a rejection made the search slower than the plain one);
-  the decisions are then replayed in order and, at the first rejection, speculation restarts after the rejected
-  edge, with a width that follows the recent run of acceptances (doubling after a batch fully accepted).
+Fast, same answer (``fast=True``, see acdc.incremental):
+- a candidate removal of edge (u -> r) changes only r's node and the nodes reachable from it through edges still in
+  the circuit; the search keeps the current circuit's state (writer deltas, rotated q/k/v) and recomputes only
+  those nodes, only at the positions that can reach the metric (the metric positions themselves for nodes that
+  reach the logits without passing through a later key or value; every position up to the last metric position
+  otherwise), and the logits only at the metric positions;
+- up to ``speculate`` candidates are evaluated in one batched call, candidate j assuming candidates 1..j-1 removed
+  (default 8 on a GPU, where a batch costs about one call; 1 on a CPU, where K candidates cost K), and the
+  decisions are replayed in order; at the first rejection, speculation restarts after the rejected edge, with a
+  width that follows the recent run of acceptances (doubling after a batch fully accepted).
   Every decision compares exactly the two circuits the sequential search compares.
+Cost is counted in FLOPs and reported as full-model forward equivalents (FLOPs / one plain forward of the batch);
+the plain search counts one per masked forward.
 
 Checkpoints: with ``checkpoint=PATH`` the state (mask, distance, next reader) is written atomically after every
 reader; a search started again with the same path, task data and options resumes there and returns the same circuit.
@@ -36,9 +40,10 @@ import torch
 from acdc.arch import get_arch
 from acdc.errors import InputError
 from acdc.graph import Circuit, Graph
+from acdc.incremental import Incremental
 from acdc.io import atomic_write_text
 from acdc.metrics import kl_divergence, task_metric
-from acdc.patching import _check_graph, _masked, ablation_cache, prefix_writers, reader_group
+from acdc.patching import _check_graph, _masked, ablation_cache
 from acdc.types import TaskData
 
 
@@ -109,9 +114,16 @@ def acdc_search(
             return _masked(arch, graph, clean, cache, masks.to(arch.dtype), start=start, prefix=prefix, keep=keep,
                            stop=stop)
 
+    engine = Incremental(arch, graph, clean, cache, data) if fast else None
     with torch.no_grad():
-        full_logits = run(valid.unsqueeze(0))[0]
-    dist = _distance_fn(data, full_logits, distance)
+        if engine is not None:
+            full_logits = engine.reset(valid.cpu())
+            cost.passes += 1
+            cost.masks += 1
+            dist = _distance_fn(engine.sub, full_logits, distance)
+        else:
+            full_logits = run(valid.unsqueeze(0))[0]
+            dist = _distance_fn(data, full_logits, distance)
     options = {"threshold": threshold, "distance": distance, "ablation": ablation, "n": len(data),
                "graph": graph.signature(), "clean_sum": int(data.clean.sum()), "corrupt_sum": int(data.corrupt.sum())}
     mask = valid.clone()
@@ -128,6 +140,9 @@ def acdc_search(
             mask[s, d] = True
         current, first = float(state["distance"]), int(state["next"])
         cost.extra["resumed_at_reader"] = first
+        if engine is not None:
+            with torch.no_grad():
+                engine.reset(mask.cpu())
 
     bar = tqdm(total=len(readers), initial=first, desc="acdc", unit="reader", disable=not progress, leave=False)
     for pos in range(first, len(readers)):
@@ -136,9 +151,12 @@ def acdc_search(
         cands = [u for u in mask[:, r].nonzero().flatten().tolist()][::-1]  # descending source index
         if r != graph.logits_index and not any(bool(mask[w].any()) for w in owners):
             mask[:, r] = False  # the reader's node feeds nothing: its inputs cannot matter
+            if engine is not None:
+                engine.set_mask(mask.cpu())
         elif cands:
-            if fast:
-                current = _visit_fast(run, dist, mask, r, cands, current, threshold, speculate, graph)
+            if engine is not None:
+                with torch.no_grad():
+                    current = _visit_incremental(engine, dist, mask, r, cands, current, threshold, speculate, cost)
             else:
                 for u in cands:
                     trial = mask.clone()
@@ -153,43 +171,44 @@ def acdc_search(
                 "format": "acdc-search-checkpoint/1", "options": options, "next": pos + 1, "distance": current,
                 "edges": mask.nonzero().tolist()}))
     bar.close()
+    if engine is not None:
+        cost.forward_equivalents = engine.flops / engine.full_flops
     cost.seconds = time.perf_counter() - t0
     circuit = Circuit(graph, mask.cpu(), meta={"method": "acdc", "threshold": threshold, "distance": distance,
                                                 "final_distance": current, "fast": fast, **cost.as_dict()})
     return circuit, cost
 
 
-def _visit_fast(run, dist, mask: torch.Tensor, r: int, cands: list[int], current: float, threshold: float,
-                speculate: int, graph: Graph) -> float:
+def _visit_incremental(engine: Incremental, dist, mask: torch.Tensor, r: int, cands: list[int], current: float,
+                       threshold: float, speculate: int, cost: SearchCost) -> float:
     """Decide every candidate edge into reader ``r`` (in order) exactly as the sequential search does, evaluating
-    up to ``speculate`` cumulative removals per pass from a prefix shared by all of them. Updates ``mask``."""
-    group = reader_group(graph, r)
-    keep: list[torch.Tensor] = []
-    if group > 0:
-        run(mask.unsqueeze(0), keep=keep, stop=group)  # the writers below this reader, once (they never change here)
-        prefix = keep[0][: prefix_writers(graph, group), 0]
-    else:
-        prefix = None
+    up to ``speculate`` cumulative removals per call of the incremental engine. Updates ``mask``."""
     i = 0
     width = speculate
     while i < len(cands):
         batch = cands[i : i + width]
-        trials = mask.unsqueeze(0).repeat(len(batch), 1, 1)
+        trials = mask.cpu().unsqueeze(0).repeat(len(batch), 1, 1)
         for j, u in enumerate(batch):
             trials[j:, u, r] = False  # trial j removes batch[0..j]
-        values = dist(run(trials, start=group, prefix=prefix) if prefix is not None else run(trials))
-        rejected = None
-        for j, u in enumerate(batch):
+        values = dist(engine.propagate(trials, {r}))
+        cost.passes += 1
+        cost.masks += len(batch)
+        accepted = 0
+        for j in range(len(batch)):
             d_new = float(values[j])
             if d_new - current < threshold:
-                mask[u, r] = False
                 current = d_new
+                accepted = j + 1
             else:
-                rejected = j
                 break
-        i += len(batch) if rejected is None else rejected + 1
+        if accepted:
+            engine.commit(accepted - 1)
+            for u in batch[:accepted]:
+                mask[u, r] = False
+        rejected = accepted < len(batch)
+        i += accepted + (1 if rejected else 0)
         # speculate as far as acceptances have been running (this changes the cost, never the decisions)
-        width = min(speculate, 2 * width) if rejected is None else max(1, min(speculate, rejected + 1))
+        width = min(speculate, 2 * width) if not rejected else max(1, min(speculate, accepted + 1))
     return current
 
 

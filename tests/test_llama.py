@@ -310,10 +310,13 @@ def test_fast_acdc_equals_sequential(model64):
 
     graph = Graph.from_model(model64)
     data = _data(2)
-    plain, _ = acdc_search(model64, graph, data, 0.05, fast=False, progress=False)
-    fast, _ = acdc_search(model64, graph, data, 0.05, fast=True, speculate=4, progress=False)
-    assert torch.equal(plain.mask, fast.mask)
-    assert 0 < fast.n_edges < graph.n_edges
+    for ablation in ("patch", "mean"):
+        plain, _ = acdc_search(model64, graph, data, 0.05, ablation=ablation, fast=False, progress=False)
+        for spec in (1, 4):  # incremental evaluation alone, and with speculation
+            fast, _ = acdc_search(model64, graph, data, 0.05, ablation=ablation, fast=True, speculate=spec,
+                                  progress=False)
+            assert torch.equal(plain.mask, fast.mask), (ablation, spec)
+        assert 0 < fast.n_edges < graph.n_edges
 
 
 def test_load_model_from_a_local_checkpoint(tmp_path):

@@ -1,5 +1,5 @@
-"""Exact greedy search (ACDC): the fast search (prefix reuse + speculation) returns the identical edge set as the
-plain sequential search, and an interrupted search resumes from its checkpoint to the identical result."""
+"""Exact greedy search (ACDC): the fast search (incremental evaluation + speculation) returns the identical edge set
+as the plain sequential search, and an interrupted search resumes from its checkpoint to the identical result."""
 
 from __future__ import annotations
 
@@ -24,10 +24,25 @@ def test_fast_acdc_equals_sequential(fixture, task, request):
         assert 0 < fast.n_edges < g.n_edges
         assert c_fast.passes < c_plain.passes  # speculation batches candidates
         assert c_plain.passes == c_plain.masks  # the reference: one full masked forward per evaluated edge
-        # the CPU default (no speculation): the prefix reuse alone, same answer, fewer forward-equivalents
+        # the CPU default (no speculation): incremental evaluation alone, same answer, >= 10x fewer FLOPs
         cpu, c_cpu = acdc_search(model, g, data, tau, fast=True, progress=False)
         assert torch.equal(plain.mask, cpu.mask), (task, tau)
-        assert c_cpu.forward_equivalents < 0.8 * c_plain.forward_equivalents
+        assert c_cpu.forward_equivalents < 0.1 * c_plain.forward_equivalents
+        assert abs(cpu.meta["final_distance"] - plain.meta["final_distance"]) <= 1e-5 * (
+            1 + plain.meta["final_distance"])
+
+
+@pytest.mark.parametrize("ablation, distance", [("mean", "kl"), ("zero", "kl"), ("patch", "metric")])
+def test_fast_acdc_equals_sequential_other_settings(toy_ioi, ablation, distance):
+    g = Graph.from_model(toy_ioi)
+    data = get_task("ioi").build(toy_ioi, 24, seed=2)
+    tau = 0.05 if distance == "kl" else 0.1
+    plain, _ = acdc_search(toy_ioi, g, data, tau, ablation=ablation, distance=distance, fast=False, progress=False)
+    for spec in (1, 4):
+        fast, _ = acdc_search(toy_ioi, g, data, tau, ablation=ablation, distance=distance, speculate=spec,
+                              progress=False)
+        assert torch.equal(plain.mask, fast.mask), (ablation, distance, spec)
+    assert 0 < plain.n_edges < g.n_edges
 
 
 def test_interrupted_search_resumes_identically(toy_ioi, tmp_path, monkeypatch):
@@ -35,7 +50,7 @@ def test_interrupted_search_resumes_identically(toy_ioi, tmp_path, monkeypatch):
     data = get_task("ioi").build(toy_ioi, 24, seed=1)
     want, full_cost = acdc_search(toy_ioi, g, data, 0.02, progress=False)
     ck = tmp_path / "search.json"
-    real = search_mod._masked
+    real = search_mod.Incremental.propagate
     calls = {"n": 0}
 
     def dying(*a, **k):
@@ -44,10 +59,10 @@ def test_interrupted_search_resumes_identically(toy_ioi, tmp_path, monkeypatch):
             raise KeyboardInterrupt  # the process is killed half-way through the search
         return real(*a, **k)
 
-    monkeypatch.setattr(search_mod, "_masked", dying)
+    monkeypatch.setattr(search_mod.Incremental, "propagate", dying)
     with pytest.raises(KeyboardInterrupt):
         acdc_search(toy_ioi, g, data, 0.02, checkpoint=ck, progress=False)
-    monkeypatch.setattr(search_mod, "_masked", real)
+    monkeypatch.setattr(search_mod.Incremental, "propagate", real)
     assert ck.is_file()
     got, cost = acdc_search(toy_ioi, g, data, 0.02, checkpoint=ck, progress=False)
     assert cost.extra["resumed_at_reader"] > 0

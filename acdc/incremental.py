@@ -1,0 +1,296 @@
+"""Exact evaluation of circuits that differ from a current circuit by a few edges: the fast ACDC engine.
+
+Removing edge (u -> r) from circuit M changes only reader r's input (by ``-delta_u``), hence only r's node, and from
+there only the nodes reachable through edges still in M. The engine keeps the current circuit's state (every
+writer's ``delta_u = a_u - ã_u``, every head's rotated q, k and v) and, for a candidate, recomputes just those nodes,
+at just the positions that can reach the metric:
+
+- the metric reads a few positions T_b of each prompt b (the last token for IOI); causal attention means nothing
+  after max(T) matters, so every tensor stops there;
+- a node whose output reaches the logits only through q readers, MLPs and the logits themselves (never through a
+  later head's k or v) is needed at T_b alone; the others at every position. This set only shrinks as edges are
+  removed, so a node's state at positions it no longer needs may go stale without ever being read again;
+- a key/value change always recomputes every position (queries at T attend to all earlier keys).
+
+Everything is the same arithmetic as the masked forward (acdc.patching), in a different order, so distances agree to
+rounding (~1e-7 relative in float32). Cost is counted in floating-point operations and reported as full-model
+forward equivalents: FLOPs done / FLOPs of one plain forward of the model over the whole batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from acdc.arch import Arch, _rotate_half
+from acdc.graph import Graph
+from acdc.patching import AblationCache
+from acdc.types import TaskData
+
+
+def forward_flops(arch: Arch, batch: int, n_pos: int) -> float:
+    """Multiply-add FLOPs of one plain forward of the model over ``batch`` prompts of ``n_pos`` tokens (attention
+    scores counted over the full square, as the masked forward computes them)."""
+    H, G, dh, d = arch.n_heads, arch.n_kv_heads, arch.d_head, arch.d_model
+    d_mlp = arch.W_out.shape[1]
+    per_layer = (2 * d * (H + 2 * G) * dh + 2 * H * dh * d + 2 * d * d_mlp * (3 if arch.gated else 2)) * n_pos
+    per_layer += 4 * H * n_pos * n_pos * dh
+    return float(batch) * (arch.n_layers * per_layer + 2 * n_pos * d * arch.W_U.shape[1])
+
+
+class _Pos:
+    """A set of positions per prompt: every position ``0..P-1`` (``all``) or an index ``[B, n]``."""
+
+    def __init__(self, index: torch.Tensor | None, n_pos: int) -> None:
+        self.index = index
+        self.n = n_pos if index is None else index.shape[1]
+
+    @property
+    def all(self) -> bool:
+        return self.index is None
+
+    def take(self, x: torch.Tensor) -> torch.Tensor:
+        """Rows of ``x [..., B', P', w]`` at these positions (``P' = 1`` broadcasts; ``B' = 1`` is expanded)."""
+        if self.index is None or x.shape[-2] == 1:
+            return x if self.index is None else x
+        idx = self.index
+        lead = x.shape[:-3]
+        b = max(x.shape[-3], idx.shape[0])
+        x = x.expand(*lead, b, *x.shape[-2:])
+        return x.gather(-2, idx.view(*([1] * len(lead)), b, -1, 1).expand(*lead, b, idx.shape[1], x.shape[-1]))
+
+
+class Incremental:
+    """The current circuit's state and exact evaluation of candidate circuits that differ from it by a few edges.
+
+    ``propagate(masks, seeds)`` evaluates K candidate masks (each a subset of the current one whose differences are
+    edges into the readers ``seeds``) and returns their logits at the metric positions ``[K, B, n, V]``;
+    ``commit(j)`` makes candidate j the current circuit. ``reset(mask)`` recomputes the whole state.
+    """
+
+    def __init__(self, arch: Arch, graph: Graph, clean: torch.Tensor, cache: AblationCache, data: TaskData) -> None:
+        self.arch, self.graph = arch, graph
+        dev = arch.device
+        positions = data.positions.to(dev)
+        B, P = positions.shape
+        self.P = int(positions.any(0).nonzero().max()) + 1  # nothing after the last metric position matters
+        counts = positions.sum(1)
+        n = int(counts.max())
+        # per prompt: its metric positions, padded by repeating the last (the pads are masked out of the metric)
+        order = torch.arange(P, device=dev).expand(B, P)
+        key = torch.where(positions, order, order + P)  # metric positions first, in order
+        idx = key.sort(1).values[:, :n]
+        pad = torch.arange(n, device=dev).unsqueeze(0) >= counts.unsqueeze(1)
+        last = idx.gather(1, (counts - 1).clamp_min(0).unsqueeze(1))
+        idx = torch.where(pad, last, idx)
+        self.T = _Pos(idx, self.P)
+        self.ALL = _Pos(None, self.P)
+        self.sub = _subset(data, idx.cpu(), ~pad.cpu())
+        self.B = B
+        self.flops = 0.0
+        self.full_flops = forward_flops(arch, B, P)
+        Pm = self.P
+
+        def cut(x: torch.Tensor) -> torch.Tensor:
+            return x[..., :Pm, :] if x.shape[-2] > 1 else x
+
+        self.abl = cut(cache.writers)  # [S, B', P', d]
+        self.base_attn, self.base_mlp, self.base_final = cut(cache.base_attn), cut(cache.base_mlp), cut(
+            cache.base_final)
+        H, G, dh, d, L = arch.n_heads, arch.n_kv_heads, arch.d_head, arch.d_model, arch.n_layers
+        self.delta = torch.zeros(graph.n_src, B, Pm, d, dtype=arch.dtype, device=dev)
+        self.q = torch.zeros(L, H, B, Pm, dh, dtype=arch.dtype, device=dev)
+        self.kv = torch.zeros(L, 2 * G, B, Pm, dh, dtype=arch.dtype, device=dev)  # k of each group, then v
+        x0 = arch.embed(clean.to(dev)[:, :Pm])
+        self.delta[0] = x0 - self.abl[0]
+        if arch.rotary is not None:
+            cos, sin = arch.rope(Pm)
+            self.cos, self.sin = cos, sin
+        self.mask = graph.valid.clone()
+        self.need_all = [True] * graph.n_src
+        self.logits: torch.Tensor | None = None
+        self._pending: dict[str, Any] | None = None
+        # reader index -> (kind, layer, local index)
+        self.kind: list[tuple[str, int, int]] = []
+        for layer in range(L):
+            self.kind += [("q", layer, h) for h in range(H)] + [("k", layer, g) for g in range(G)]
+            self.kind += [("v", layer, g) for g in range(G)] + [("mlp", layer, 0)]
+        self.kind.append(("logits", L, 0))
+
+    # ---- state --------------------------------------------------------------------------------------------------
+    def set_mask(self, mask: torch.Tensor) -> None:
+        """Record the current circuit (a subset of the previous one, or anything after :meth:`reset`) and which
+        writers are needed at every position."""
+        g = self.graph
+        self.mask = mask.to(torch.bool).cpu().clone()
+        need = [False] * g.n_src
+        rows = self.mask.nonzero().tolist()
+        by_src: dict[int, list[int]] = {}
+        for u, r in rows:
+            by_src.setdefault(u, []).append(r)
+        for w in range(g.n_src - 1, -1, -1):
+            for r in by_src.get(w, ()):
+                kind, layer, i = self.kind[r]
+                if kind in ("k", "v") or (kind == "q" and need[g.head_writer(layer, i)]) or (
+                        kind == "mlp" and need[g.mlp_writer(layer)]):
+                    need[w] = True
+                    break
+        need[0] = True
+        self.need_all = need
+
+    def reset(self, mask: torch.Tensor) -> torch.Tensor:
+        """Make ``mask`` the current circuit, computing every node; returns its logits at the metric positions."""
+        self.set_mask(mask)
+        self.logits = None
+        logits = self.propagate(self.mask.unsqueeze(0), set(range(self.graph.n_dst)))
+        self.commit(0)
+        return logits[0]
+
+    def commit(self, j: int) -> None:
+        """Make candidate ``j`` of the last :meth:`propagate` the current circuit."""
+        p = self._pending
+        assert p is not None, "commit() follows propagate()"
+        for w, (val, pos) in p["writers"].items():
+            _put(self.delta[w], val[min(j, val.shape[0] - 1)], pos)
+        for (layer, h), (val, pos) in p["q"].items():
+            _put(self.q[layer, h], val[min(j, val.shape[0] - 1)], pos)
+        for (layer, i), val in p["kv"].items():
+            self.kv[layer, i] = val[min(j, val.shape[0] - 1)]
+        self.logits = p["logits"][j].clone()
+        self._pending = None
+        self.set_mask(p["masks"][j])
+
+    # ---- evaluation ---------------------------------------------------------------------------------------------
+    def propagate(self, masks: torch.Tensor, seeds: set[int]) -> torch.Tensor:
+        """Logits ``[K, B, n, V]`` at the metric positions of K candidate circuits ``masks [K, S, R]`` (bool, each a
+        subset of the current circuit differing from it only in edges into ``seeds``)."""
+        arch, g = self.arch, self.graph
+        K = masks.shape[0]
+        masks = masks.to(torch.bool).cpu()
+        union = masks.any(0)
+        coef = masks.to(arch.dtype).to(arch.device)
+        H, G, L = arch.n_heads, arch.n_kv_heads, arch.n_layers
+        changed: dict[int, tuple[torch.Tensor, _Pos]] = {}
+        new_q: dict[tuple[int, int], tuple[torch.Tensor, _Pos]] = {}
+        new_kv: dict[tuple[int, int], torch.Tensor] = {}
+
+        def dirty(r: int) -> bool:
+            return r in seeds or any(bool(union[u, r]) for u in changed)
+
+        def pos_of(w: int) -> _Pos:
+            return self.ALL if self.need_all[w] else self.T
+
+        for layer in range(L):
+            rs = g.attn_readers(layer)
+            dirty_q = [h for h in range(H) if dirty(rs.start + h)]
+            dirty_kv = [i for i in range(2 * G) if dirty(rs.start + H + i)]
+            for i in dirty_kv:
+                x = self._input(rs.start + H + i, self.base_attn[layer], self.ALL, coef, changed)
+                y = self._project(layer, H + i, x, self.ALL, rotate=i < G)
+                new_kv[(layer, i)] = y
+            rep = H // G
+            heads = sorted(set(dirty_q) | {h for h in range(H) for i in dirty_kv if h // rep == i % G})
+            for h in heads:
+                w = g.head_writer(layer, h)
+                pos = pos_of(w)
+                if h in dirty_q:
+                    x = self._input(rs.start + h, self.base_attn[layer], pos, coef, changed)
+                    q = self._project(layer, h, x, pos, rotate=True)
+                    new_q[(layer, h)] = (q, pos)
+                else:
+                    q = pos.take(self.q[layer, h]).unsqueeze(0)
+                grp = h // rep
+                k = new_kv.get((layer, grp), self.kv[layer, grp].unsqueeze(0))
+                v = new_kv.get((layer, G + grp), self.kv[layer, G + grp].unsqueeze(0))
+                out = self._attend(layer, h, q, k, v, pos)
+                changed[w] = (out - pos.take(self.abl[w]), pos)
+            r = g.mlp_reader(layer)
+            if dirty(r):
+                w = g.mlp_writer(layer)
+                pos = pos_of(w)
+                x = self._input(r, self.base_mlp[layer], pos, coef, changed)
+                out = arch.mlp(layer, arch.ln2[layer](x))
+                self.flops += 2.0 * x[..., 0].numel() * arch.d_model * arch.W_in.shape[2]
+                self.flops += 2.0 * x[..., 0].numel() * arch.W_out.shape[1] * arch.d_model
+                changed[w] = (out - pos.take(self.abl[w]), pos)
+        r = g.logits_index
+        if dirty(r) or self.logits is None:
+            x = self._input(r, self.base_final, self.T, coef, changed)
+            logits = arch.unembed(arch.ln_final(x))
+            self.flops += 2.0 * x[..., 0].numel() * arch.d_model * arch.W_U.shape[1]
+        else:
+            logits = self.logits.unsqueeze(0).expand(K, *self.logits.shape)
+        self._pending = {"writers": changed, "q": new_q, "kv": new_kv, "logits": logits, "masks": masks}
+        return logits
+
+    def _input(self, r: int, base: torch.Tensor, pos: _Pos, coef: torch.Tensor,
+               changed: dict[int, tuple[torch.Tensor, _Pos]]) -> torch.Tensor:
+        """Reader ``r``'s input ``[K, B, n, d]`` at ``pos`` under each candidate mask."""
+        K = coef.shape[0]
+        col = coef[:, :, r]
+        present = self.mask[:, r].nonzero().flatten().tolist()  # candidates are subsets of the current mask
+        out = pos.take(base).expand(K, self.B, pos.n, self.arch.d_model).clone()
+        still = [u for u in present if u not in changed]
+        if still:
+            d = pos.take(self.delta[still]) if not pos.all else self.delta[still]
+            out += (col[:, still] @ d.reshape(len(still), -1)).view_as(out)
+        for u in present:
+            if u in changed:
+                val, vpos = changed[u]
+                assert vpos.all or not pos.all, "a writer needed at every position was computed at a few"
+                if vpos.all and not pos.all:
+                    val = pos.take(val)
+                out += col[:, u].view(K, 1, 1, 1) * val
+        self.flops += 2.0 * len(present) * out.numel()
+        return out
+
+    def _project(self, layer: int, i: int, x: torch.Tensor, pos: _Pos, *, rotate: bool) -> torch.Tensor:
+        """Reader ``i`` (q of a head, k or v of a group) of ``layer``: normalise, project, rotate."""
+        arch = self.arch
+        y = arch.ln1[layer](x) @ arch.W_read[layer, i] + arch.b_read[layer, i]
+        self.flops += 2.0 * x[..., 0].numel() * arch.d_model * arch.d_head
+        if rotate and arch.rotary is not None:
+            cos, sin = (self.cos, self.sin) if pos.index is None else (self.cos[pos.index], self.sin[pos.index])
+            y = y * cos + _rotate_half(y) * sin
+        return y
+
+    def _attend(self, layer: int, h: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                pos: _Pos) -> torch.Tensor:
+        """Head ``h``'s output ``[K, B, n, d]`` for queries at ``pos`` over every key up to the last position."""
+        arch = self.arch
+        scores = q @ k.transpose(-1, -2)  # [K, B, n, P]
+        keys = torch.arange(self.P, device=q.device)
+        if pos.index is None:
+            future = keys.view(1, -1) > keys.view(-1, 1)
+        else:
+            future = keys.view(1, 1, -1) > pos.index.unsqueeze(-1)  # [B, n, P]
+        scores = scores.masked_fill(future, torch.finfo(scores.dtype).min)
+        z = scores.softmax(-1) @ v
+        self.flops += 4.0 * z[..., 0].numel() * self.P * arch.d_head  # scores and weighted values
+        self.flops += 2.0 * z[..., 0].numel() * arch.d_head * arch.d_model
+        return z @ arch.W_O[layer, h]
+
+
+def _put(dst: torch.Tensor, val: torch.Tensor, pos: _Pos) -> None:
+    """Write ``val [B, n, w]`` into ``dst [B, P, w]`` at ``pos``."""
+    idx = pos.index
+    if idx is None:
+        dst.copy_(val.expand_as(dst))
+    else:
+        dst.scatter_(1, idx.unsqueeze(-1).expand(*idx.shape, dst.shape[-1]), val.expand(idx.shape[0], *val.shape[-2:]))
+
+
+def _subset(data: TaskData, idx: torch.Tensor, real: torch.Tensor) -> TaskData:
+    """``data`` restricted to the positions ``idx [B, n]`` (entries where ``real`` is False are padding)."""
+
+    def cols(x: torch.Tensor) -> torch.Tensor:
+        i = idx.to(x.device)
+        if x.dim() == 3:
+            return x.gather(1, i.unsqueeze(-1).expand(*i.shape, x.shape[-1]))
+        return x.gather(1, i)
+
+    positions = data.positions.gather(1, idx.to(data.positions.device)) & real.to(data.positions.device)
+    return replace(data, clean=cols(data.clean), corrupt=cols(data.corrupt), positions=positions,
+                   answers=cols(data.answers), wrong=None if data.wrong is None else cols(data.wrong))
