@@ -110,6 +110,7 @@ class Incremental:
             self.cos, self.sin = cos, sin
         self.mask = graph.valid.clone()
         self.need_all = [True] * graph.n_src
+        self.live = [True] * graph.n_src
         self.logits: torch.Tensor | None = None
         self._pending: dict[str, Any] | None = None
         # reader index -> (kind, layer, local index)
@@ -126,6 +127,8 @@ class Incremental:
         g = self.graph
         self.mask = mask.to(torch.bool).cpu().clone()
         need = [False] * g.n_src
+        live = [False] * g.n_src
+        rep = g.n_heads // g.n_kv_heads
         rows = self.mask.nonzero().tolist()
         by_src: dict[int, list[int]] = {}
         for u, r in rows:
@@ -133,12 +136,21 @@ class Incremental:
         for w in range(g.n_src - 1, -1, -1):
             for r in by_src.get(w, ()):
                 kind, layer, i = self.kind[r]
-                if kind in ("k", "v") or (kind == "q" and need[g.head_writer(layer, i)]) or (
-                        kind == "mlp" and need[g.mlp_writer(layer)]):
-                    need[w] = True
-                    break
-        need[0] = True
+                if kind == "logits":
+                    live[w] = True
+                elif kind == "q":
+                    owner = g.head_writer(layer, i)
+                    live[w] = live[w] or live[owner]
+                    need[w] = need[w] or need[owner]
+                elif kind == "mlp":
+                    owner = g.mlp_writer(layer)
+                    live[w] = live[w] or live[owner]
+                    need[w] = need[w] or need[owner]
+                elif any(live[g.head_writer(layer, h)] for h in range(i * rep, (i + 1) * rep)):  # k or v
+                    live[w] = need[w] = True
+        need[0] = live[0] = True
         self.need_all = need
+        self.live = live  # on a path to the logits: nodes off every path are never computed
 
     def reset(self, mask: torch.Tensor) -> torch.Tensor:
         """Make ``mask`` the current circuit, computing every node; returns its logits at the metric positions."""
@@ -185,13 +197,16 @@ class Incremental:
         for layer in range(L):
             rs = g.attn_readers(layer)
             dirty_q = [h for h in range(H) if dirty(rs.start + h)]
-            dirty_kv = [i for i in range(2 * G) if dirty(rs.start + H + i)]
+            rep = H // G
+            live_heads = [h for h in range(H) if self.live[g.head_writer(layer, h)]]
+            dirty_kv = [i for i in range(2 * G) if dirty(rs.start + H + i)
+                        and any(h // rep == i % G for h in live_heads)]
             for i in dirty_kv:
                 x = self._input(rs.start + H + i, self.base_attn[layer], self.ALL, coef, changed)
                 y = self._project(layer, H + i, x, self.ALL, rotate=i < G)
                 new_kv[(layer, i)] = y
-            rep = H // G
-            heads = sorted(set(dirty_q) | {h for h in range(H) for i in dirty_kv if h // rep == i % G})
+            heads = sorted((set(dirty_q) | {h for h in range(H) for i in dirty_kv if h // rep == i % G})
+                           & set(live_heads))
             for h in heads:
                 w = g.head_writer(layer, h)
                 pos = pos_of(w)
@@ -207,8 +222,8 @@ class Incremental:
                 out = self._attend(layer, h, q, k, v, pos)
                 changed[w] = (out - pos.take(self.abl[w]), pos)
             r = g.mlp_reader(layer)
-            if dirty(r):
-                w = g.mlp_writer(layer)
+            w = g.mlp_writer(layer)
+            if self.live[w] and dirty(r):
                 pos = pos_of(w)
                 x = self._input(r, self.base_mlp[layer], pos, coef, changed)
                 out = arch.mlp(layer, arch.ln2[layer](x))

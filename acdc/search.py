@@ -353,24 +353,28 @@ def hybrid_search(
     method: str = "eap-ig-inputs",
     steps: int = 5,
     ablation: str = "patch",
-    width: int = 8,
+    width: int | None = None,
     refine: bool = True,
     scores: Any = None,
     progress: bool = True,
 ) -> tuple[Circuit, SearchCost]:
-    """Rank edges by attribution, then let exact masked forwards decide (see the README's "hybrid" section).
+    """Rank edges by attribution, then let exact evaluations decide (see the README's "hybrid" section).
 
     ``scores``: an :class:`EdgeScores` of ``method`` computed earlier on the same data, reused instead of scoring
     again (several targets from one ranking; its cost is then not counted again).
 
     1. Score every edge with ``method`` (EAP-IG by default) and order circuits by size with greedy growth from the
        logits (each size's circuit has every edge on a path to the logits; dangling edges removed).
-    2. Search the sizes: ``width`` sizes spread over the current interval are evaluated exactly in one batched pass
-       (normalised faithfulness f on ``data``); the interval shrinks to lie between the largest size below ``target``
-       and the smallest size reaching it, until they are adjacent. Returns the smallest size found with
-       f >= ``target`` (f need not be monotone in size; the search finds a crossing, not necessarily the first).
+    2. Search the sizes: ``width`` sizes spread over the current interval are evaluated exactly (normalised
+       faithfulness f on ``data``); the interval shrinks to lie between the largest size below ``target`` and the
+       smallest size reaching it, until they are adjacent. Returns the smallest size found with f >= ``target``
+       (f need not be monotone in size; the search finds a crossing, not necessarily the first).
     3. ``refine``: try removing the circuit's edges, least important first, keeping each removal that leaves
-       f >= ``target`` (exact, ``width`` cumulative removals per batched pass, decisions replayed in order).
+       f >= ``target`` (``width`` cumulative removals per call, decisions replayed in order). Each removal is
+       evaluated by the incremental engine of the fast ACDC (only the nodes the edge reaches are recomputed).
+
+    ``width`` defaults to 8 on a GPU (a batch costs about one pass) and 1 on a CPU (bisection).
+    Every evaluation runs on the incremental engine (acdc.incremental), at the metric positions only.
     """
     from acdc.attribution import attribute
     from acdc.selection import greedy
@@ -379,30 +383,41 @@ def hybrid_search(
         raise InputError(f"target faithfulness must be in (0, 1], got {target}")
     arch = get_arch(model)
     _check_graph(graph, arch)
+    if width is None:
+        width = 8 if arch.device.type == "cuda" else 1
+    if width < 1:
+        raise InputError(f"width must be >= 1, got {width}")
     t0 = time.perf_counter()
     cost = SearchCost()
+    ranking_fe = 0.0
     if scores is None:
         scores = attribute(model, graph, data, method, steps=steps, ablation=ablation, progress=progress)  # type: ignore[arg-type]
         k = steps if method in ("eap-ig-inputs", "eap-ig") else 1
-        cost.forward_equivalents += 1 + 3 * k  # counterfactual fwd + k (fwd + bwd ~ 2 fwd)
+        ranking_fe = 1.0 + 3.0 * k  # counterfactual fwd + k (fwd + bwd ~ 2 fwd)
+        cost.passes += 1 + 2 * k
     cache = ablation_cache(model, graph, data.corrupt if ablation != "zero" else None, ablation)  # type: ignore[arg-type]
-    clean = data.clean.to(arch.device)
+    engine = Incremental(arch, graph, data.clean.to(arch.device), cache, data)
+    sub = engine.sub
     with torch.no_grad():
-        ends = _masked(arch, graph, clean, cache, torch.stack([graph.valid, torch.zeros_like(graph.valid)]).to(
-            arch.dtype))
-    full_m, empty_m = task_metric(data, ends, ends[0]).mean(-1).tolist()
-    cost.passes += 1
+        full_logits = engine.reset(graph.valid)
+        empty_logits = engine.reset(torch.zeros_like(graph.valid))
+    full_m = float(task_metric(sub, full_logits.unsqueeze(0), full_logits).mean())
+    empty_m = float(task_metric(sub, empty_logits.unsqueeze(0), full_logits).mean())
+    cost.passes += 2
     cost.masks += 2
-    cost.forward_equivalents += 2
+
+    def f_of(logits: torch.Tensor) -> list[float]:
+        vals = task_metric(sub, logits, full_logits).mean(-1)
+        return ((vals - empty_m) / (full_m - empty_m)).tolist()
 
     def faith(masks: list[torch.Tensor]) -> list[float]:
+        out = []
         with torch.no_grad():
-            logits = _masked(arch, graph, clean, cache, torch.stack(masks).to(arch.dtype))
-        cost.passes += 1
+            for m in masks:
+                out += f_of(engine.reset(m).unsqueeze(0))
+        cost.passes += len(masks)
         cost.masks += len(masks)
-        cost.forward_equivalents += len(masks)
-        vals = task_metric(data, logits, ends[0]).mean(-1)
-        return ((vals - empty_m) / (full_m - empty_m)).tolist()
+        return out
 
     circuits: dict[int, Circuit] = {}
 
@@ -430,27 +445,39 @@ def hybrid_search(
     if refine:
         key = scores.scores.abs()
         order = sorted(chosen.nonzero().tolist(), key=lambda e: float(key[e[0], e[1]]))
-        i = 0
-        while i < len(order):
-            batch = order[i : i + width]
-            trials = chosen.unsqueeze(0).repeat(len(batch), 1, 1)
-            for j, (u, v) in enumerate(batch):
-                trials[j:, u, v] = False
-            fs = faith(list(trials))
-            rejected = None
-            for j, (u, v) in enumerate(batch):
-                if fs[j] >= target:
-                    chosen[u, v] = False
-                    f_now = fs[j]
-                else:
-                    rejected = j
-                    break
-            i += len(batch) if rejected is None else rejected + 1
+        with torch.no_grad():
+            engine.reset(chosen)
+            cost.passes += 1
+            cost.masks += 1
+            i = 0
+            w = width
+            while i < len(order):
+                batch = order[i : i + w]
+                trials = chosen.unsqueeze(0).repeat(len(batch), 1, 1)
+                for j, (u, v) in enumerate(batch):
+                    trials[j:, u, v] = False
+                fs = f_of(engine.propagate(trials, {v for _, v in batch}))
+                cost.passes += 1
+                cost.masks += len(batch)
+                accepted = 0
+                for j in range(len(batch)):
+                    if fs[j] >= target:
+                        f_now, accepted = fs[j], j + 1
+                    else:
+                        break
+                if accepted:
+                    engine.commit(accepted - 1)
+                    chosen = trials[accepted - 1].clone()
+                rejected = accepted < len(batch)
+                i += accepted + (1 if rejected else 0)
+                w = min(width, 2 * w) if not rejected else max(1, min(width, accepted + 1))
         from acdc.graph import prune_dangling
 
         chosen = prune_dangling(graph, chosen)
+    cost.forward_equivalents = ranking_fe + engine.flops / engine.full_flops
     cost.seconds = time.perf_counter() - t0
     cost.extra["size_before_refine"] = circuit(hi).n_edges
+    cost.extra["ranking_forward_equivalents"] = ranking_fe
     out = Circuit(graph, chosen, scores=scores.scores, meta={"method": "hybrid", "target": target,
                                                              "ranking": method, "train_faithfulness": f_now,
                                                              **cost.as_dict()})

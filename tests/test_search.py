@@ -118,12 +118,17 @@ def test_hybrid_reaches_its_target(toy_ioi):
 
 
 # ---- planted circuits --------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def planted():
-    from tests.planted import planted_data, planted_model
+@pytest.fixture(scope="module", params=["value-chain", "induction"])
+def planted(request):
+    """(model, graph, data, planted edge names): a chain of value copies, or a previous-token head composing with
+    an induction head through its keys (tests/planted.py)."""
+    from tests import planted as p
 
-    model = planted_model()
-    return model, Graph.from_model(model), planted_data()
+    if request.param == "value-chain":
+        model = p.planted_model()
+        return model, Graph.from_model(model), p.planted_data(), p.PLANTED
+    model = p.planted_induction_model()
+    return model, Graph.from_model(model), p.planted_induction_data(), p.INDUCTION
 
 
 def _names(c) -> set[str]:
@@ -132,9 +137,8 @@ def _names(c) -> set[str]:
 
 def test_planted_circuit_is_what_matters(planted):
     from acdc import attribute
-    from tests.planted import PLANTED
 
-    model, g, data = planted
+    model, g, data, PLANTED = planted
     ex = attribute(model, g, data, "exact", progress=False)
     top = ex.top(len(PLANTED) + 1)
     assert {n for n, _ in top[: len(PLANTED)]} == set(PLANTED)
@@ -145,18 +149,25 @@ def test_every_method_recovers_the_planted_circuit(planted):
     from acdc import attribute
     from acdc.search import edge_pruning, hybrid_search
     from acdc.selection import threshold, top_n
-    from tests.planted import PLANTED
 
-    model, g, data = planted
+    model, g, data, PLANTED = planted
     want = set(PLANTED)
+    k = len(want)
     for fast in (False, True):
         c, _ = acdc_search(model, g, data, 1e-3, fast=fast, progress=False)
         assert _names(c) == want, ("acdc", fast, _names(c))
     for method in ("eap", "eap-ig-inputs", "clean-corrupted", "mask-ig", "exact"):
         s = attribute(model, g, data, method, progress=False)
-        assert _names(top_n(g, s.scores, 3)) == want, method
-        assert _names(threshold(g, s.scores, 0.1 * float(s.scores.abs().max()))) == want, method
-    c, _, _ = edge_pruning(model, g, data, edges=3, steps=200, seed=0, progress=False)
+        if method == "eap" and "a0.h0->a1.h0<k>" in want:
+            # the known failure EAP-IG was made for: the clean run predicts the answer with probability ~1 and
+            # attention is nearly one-hot, so the gradient at the clean point is ~0 for the q/k edges
+            assert not ({"a0.h0->a1.h0<k>", "input->a1.h0<q>"} & _names(top_n(g, s.scores, k)))
+            continue
+        assert _names(top_n(g, s.scores, k)) == want, method
+        # one threshold for both models: EAP's largest distractor is 1.3% of its top score on the chain; EAP-IG's
+        # weakest planted edge (the induction query) is 2% of its top score on the induction model
+        assert _names(threshold(g, s.scores, 0.015 * float(s.scores.abs().max()))) == want, method
+    c, _, _ = edge_pruning(model, g, data, edges=k, steps=200, seed=0, progress=False)
     assert _names(c) == want, ("edge-pruning", _names(c))
     c, _ = hybrid_search(model, g, data, target=0.99, progress=False)
     assert _names(c) == want, ("hybrid", _names(c))
@@ -164,11 +175,11 @@ def test_every_method_recovers_the_planted_circuit(planted):
 
 def test_discover_one_interface(planted):
     from acdc import discover
-    from tests.planted import PLANTED
 
-    model, g, data = planted
-    for method, kw in (("acdc", {"threshold": 1e-3}), ("eap-ig", {"edges": 3}), ("hybrid", {"target": 0.99}),
-                       ("edge-pruning", {"edges": 3, "steps": 150})):
+    model, g, data, PLANTED = planted
+    k = len(PLANTED)
+    for method, kw in (("acdc", {"threshold": 1e-3}), ("eap-ig", {"edges": k}), ("hybrid", {"target": 0.99}),
+                       ("edge-pruning", {"edges": k, "steps": 150})):
         c, cost = discover(model, g, data, method, progress=False, **kw)
         assert set(c.edge_names()) == set(PLANTED), method
         assert cost.seconds > 0
