@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import torch
 
 from acdc.arch import Arch, _rotate_half
@@ -101,6 +102,7 @@ class Incremental:
             cache.base_final)
         H, G, dh, d, L = arch.n_heads, arch.n_kv_heads, arch.d_head, arch.d_model, arch.n_layers
         self.delta = torch.zeros(graph.n_src, B, Pm, d, dtype=arch.dtype, device=dev)
+        self.inp = torch.zeros(graph.n_dst, B, Pm, d, dtype=arch.dtype, device=dev)  # every reader's input
         self.q = torch.zeros(L, H, B, Pm, dh, dtype=arch.dtype, device=dev)
         self.kv = torch.zeros(L, 2 * G, B, Pm, dh, dtype=arch.dtype, device=dev)  # k of each group, then v
         x0 = arch.embed(clean.to(dev)[:, :Pm])
@@ -109,6 +111,7 @@ class Incremental:
             cos, sin = arch.rope(Pm)
             self.cos, self.sin = cos, sin
         self.mask = graph.valid.clone()
+        self.mask_np = self.mask.numpy()
         self.need_all = [True] * graph.n_src
         self.live = [True] * graph.n_src
         self.logits: torch.Tensor | None = None
@@ -123,40 +126,38 @@ class Incremental:
     # ---- state --------------------------------------------------------------------------------------------------
     def set_mask(self, mask: torch.Tensor) -> None:
         """Record the current circuit (a subset of the previous one, or anything after :meth:`reset`) and which
-        writers are needed at every position."""
+        writers are live (on a path to the logits) and needed at every position (vectorised over each layer)."""
         g = self.graph
+        H, G = g.n_heads, g.n_kv_heads
+        rep = H // G
         self.mask = mask.to(torch.bool).cpu().clone()
-        need = [False] * g.n_src
-        live = [False] * g.n_src
-        rep = g.n_heads // g.n_kv_heads
-        rows = self.mask.nonzero().tolist()
-        by_src: dict[int, list[int]] = {}
-        for u, r in rows:
-            by_src.setdefault(u, []).append(r)
-        for w in range(g.n_src - 1, -1, -1):
-            for r in by_src.get(w, ()):
-                kind, layer, i = self.kind[r]
-                if kind == "logits":
-                    live[w] = True
-                elif kind == "q":
-                    owner = g.head_writer(layer, i)
-                    live[w] = live[w] or live[owner]
-                    need[w] = need[w] or need[owner]
-                elif kind == "mlp":
-                    owner = g.mlp_writer(layer)
-                    live[w] = live[w] or live[owner]
-                    need[w] = need[w] or need[owner]
-                elif any(live[g.head_writer(layer, h)] for h in range(i * rep, (i + 1) * rep)):  # k or v
-                    live[w] = need[w] = True
-        need[0] = live[0] = True
-        self.need_all = need
-        self.live = live  # on a path to the logits: nodes off every path are never computed
+        m = self.mask_np = self.mask.numpy()
+        live = np.zeros(g.n_src, dtype=bool)
+        need = np.zeros(g.n_src, dtype=bool)
+        r_live = np.zeros(g.n_dst, dtype=bool)  # the reader's node is live
+        r_need = np.zeros(g.n_dst, dtype=bool)  # the reader's input is needed at every position
+        r_live[g.logits_index] = True
+        for layer in range(g.n_layers - 1, -1, -1):
+            w = g.mlp_writer(layer)
+            live[w], need[w] = (m[w] & r_live).any(), (m[w] & r_need).any()
+            r = g.mlp_reader(layer)
+            r_live[r], r_need[r] = live[w], need[w]
+            ws = slice(g.head_writer(layer, 0), g.head_writer(layer, 0) + H)
+            live[ws], need[ws] = (m[ws] & r_live).any(1), (m[ws] & r_need).any(1)
+            rs = g.attn_readers(layer).start
+            r_live[rs : rs + H], r_need[rs : rs + H] = live[ws], need[ws]
+            grp = live[ws].reshape(G, rep).any(1)  # a key/value head is live when one of its query heads is
+            for off in (H, H + G):
+                r_live[rs + off : rs + off + G] = grp
+                r_need[rs + off : rs + off + G] = grp  # keys and values are read at every position
+        live[0] = need[0] = True
+        self.live, self.need_all = live.tolist(), need.tolist()
 
     def reset(self, mask: torch.Tensor) -> torch.Tensor:
         """Make ``mask`` the current circuit, computing every node; returns its logits at the metric positions."""
         self.set_mask(mask)
         self.logits = None
-        logits = self.propagate(self.mask.unsqueeze(0), set(range(self.graph.n_dst)))
+        logits = self.propagate(self.mask.unsqueeze(0), set(range(self.graph.n_dst)), full=True)
         self.commit(0)
         return logits[0]
 
@@ -168,6 +169,8 @@ class Incremental:
             _put(self.delta[w], val[min(j, val.shape[0] - 1)], pos)
         for (layer, h), (val, pos) in p["q"].items():
             _put(self.q[layer, h], val[min(j, val.shape[0] - 1)], pos)
+        for r, (val, pos) in p["inputs"].items():
+            _put(self.inp[r], val[min(j, val.shape[0] - 1)], pos)
         for (layer, i), val in p["kv"].items():
             self.kv[layer, i] = val[min(j, val.shape[0] - 1)]
         self.logits = p["logits"][j].clone()
@@ -175,13 +178,18 @@ class Incremental:
         self.set_mask(p["masks"][j])
 
     # ---- evaluation ---------------------------------------------------------------------------------------------
-    def propagate(self, masks: torch.Tensor, seeds: set[int]) -> torch.Tensor:
+    def propagate(self, masks: torch.Tensor, seeds: set[int], *, full: bool = False) -> torch.Tensor:
         """Logits ``[K, B, n, V]`` at the metric positions of K candidate circuits ``masks [K, S, R]`` (bool, each a
-        subset of the current circuit differing from it only in edges into ``seeds``)."""
+        subset of the current circuit differing from it only in edges into ``seeds``). ``full``: compute every
+        reader input from scratch (:meth:`reset`) instead of updating the stored ones."""
         arch, g = self.arch, self.graph
         K = masks.shape[0]
         masks = masks.to(torch.bool).cpu()
-        union = masks.any(0)
+        union = masks.any(0).numpy()
+        self._full = full
+        self._removed = self.mask_np & ~masks.all(0).numpy()  # edges some candidate removes
+        self._new_inputs: dict[int, tuple[torch.Tensor, _Pos]] = {}
+        hit = np.zeros(self.graph.n_dst, dtype=bool)  # readers fed by a changed writer
         coef = masks.to(arch.dtype).to(arch.device)
         H, G, L = arch.n_heads, arch.n_kv_heads, arch.n_layers
         changed: dict[int, tuple[torch.Tensor, _Pos]] = {}
@@ -189,7 +197,11 @@ class Incremental:
         new_kv: dict[tuple[int, int], torch.Tensor] = {}
 
         def dirty(r: int) -> bool:
-            return r in seeds or any(bool(union[u, r]) for u in changed)
+            return r in seeds or bool(hit[r])
+
+        def record(w: int, value: torch.Tensor, pos: _Pos) -> None:
+            changed[w] = (value, pos)
+            hit[:] |= union[w]
 
         def pos_of(w: int) -> _Pos:
             return self.ALL if self.need_all[w] else self.T
@@ -220,7 +232,7 @@ class Incremental:
                 k = new_kv.get((layer, grp), self.kv[layer, grp].unsqueeze(0))
                 v = new_kv.get((layer, G + grp), self.kv[layer, G + grp].unsqueeze(0))
                 out = self._attend(layer, h, q, k, v, pos)
-                changed[w] = (out - pos.take(self.abl[w]), pos)
+                record(w, out - pos.take(self.abl[w]), pos)
             r = g.mlp_reader(layer)
             w = g.mlp_writer(layer)
             if self.live[w] and dirty(r):
@@ -229,7 +241,7 @@ class Incremental:
                 out = arch.mlp(layer, arch.ln2[layer](x))
                 self.flops += 2.0 * x[..., 0].numel() * arch.d_model * arch.W_in.shape[2]
                 self.flops += 2.0 * x[..., 0].numel() * arch.W_out.shape[1] * arch.d_model
-                changed[w] = (out - pos.take(self.abl[w]), pos)
+                record(w, out - pos.take(self.abl[w]), pos)
         r = g.logits_index
         if dirty(r) or self.logits is None:
             x = self._input(r, self.base_final, self.T, coef, changed)
@@ -237,28 +249,46 @@ class Incremental:
             self.flops += 2.0 * x[..., 0].numel() * arch.d_model * arch.W_U.shape[1]
         else:
             logits = self.logits.unsqueeze(0).expand(K, *self.logits.shape)
-        self._pending = {"writers": changed, "q": new_q, "kv": new_kv, "logits": logits, "masks": masks}
+        self._pending = {"writers": changed, "q": new_q, "kv": new_kv, "logits": logits, "masks": masks,
+                         "inputs": self._new_inputs}
         return logits
 
     def _input(self, r: int, base: torch.Tensor, pos: _Pos, coef: torch.Tensor,
                changed: dict[int, tuple[torch.Tensor, _Pos]]) -> torch.Tensor:
-        """Reader ``r``'s input ``[K, B, n, d]`` at ``pos`` under each candidate mask."""
+        """Reader ``r``'s input ``[K, B, n, d]`` at ``pos`` under each candidate mask: the stored input plus the
+        changes (``M_k[u, r] * new_u - M[u, r] * old_u`` over the writers that changed or lost their edge into r),
+        or from scratch (``base + sum_u M_k[u, r] * delta_u``) in a full pass."""
         K = coef.shape[0]
         col = coef[:, :, r]
-        present = self.mask[:, r].nonzero().flatten().tolist()  # candidates are subsets of the current mask
-        out = pos.take(base).expand(K, self.B, pos.n, self.arch.d_model).clone()
-        still = [u for u in present if u not in changed]
-        if still:
-            d = pos.take(self.delta[still]) if not pos.all else self.delta[still]
-            out += (col[:, still] @ d.reshape(len(still), -1)).view_as(out)
-        for u in present:
-            if u in changed:
-                val, vpos = changed[u]
-                assert vpos.all or not pos.all, "a writer needed at every position was computed at a few"
-                if vpos.all and not pos.all:
-                    val = pos.take(val)
-                out += col[:, u].view(K, 1, 1, 1) * val
-        self.flops += 2.0 * len(present) * out.numel()
+        shape = (K, self.B, pos.n, self.arch.d_model)
+
+        def value(u: int) -> torch.Tensor:
+            val, vpos = changed[u]
+            assert vpos.all or not pos.all, "a writer needed at every position was computed at a few"
+            return pos.take(val) if vpos.all and not pos.all else val
+
+        if self._full:
+            present = np.flatnonzero(self.mask_np[:, r]).tolist()
+            out = pos.take(base).expand(shape).clone()
+            still = [u for u in present if u not in changed]
+            if still:
+                d = pos.take(self.delta[still]) if not pos.all else self.delta[still]
+                out += (col[:, still] @ d.reshape(len(still), -1)).view_as(out)
+            for u in present:
+                if u in changed:
+                    out += col[:, u].view(K, 1, 1, 1) * value(u)
+            n_terms = len(present)
+        else:
+            out = pos.take(self.inp[r]).expand(shape).clone()
+            terms = set(np.flatnonzero(self._removed[:, r]).tolist())
+            terms |= {u for u in changed if self.mask_np[u, r]}
+            for u in sorted(terms):
+                old = pos.take(self.delta[u])
+                new = value(u) if u in changed else old
+                out += col[:, u].view(K, 1, 1, 1) * new - old
+            n_terms = 2 * len(terms)
+        self.flops += 2.0 * n_terms * out.numel()
+        self._new_inputs[r] = (out, pos)
         return out
 
     def _project(self, layer: int, i: int, x: torch.Tensor, pos: _Pos, *, rotate: bool) -> torch.Tensor:
