@@ -403,12 +403,14 @@ DISCOVER_METHODS = ("acdc", "edge-pruning", "eap", "eap-ig", "hybrid")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for prompts and edge pruning.")
 @click.option("--ablation", type=click.Choice(["patch", "mean", "zero"]), default=None,
               help="What an ablated edge carries instead [task default].")
-@click.option("--steps", default=300, show_default=True, type=click.IntRange(1), help="edge-pruning training steps.")
+@click.option("--steps", default=None, type=click.IntRange(1),
+              help="edge-pruning: training steps [300]; eap-ig and hybrid: integrated-gradient steps of the "
+                   "ranking [5].")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Output folder [outputs/<task>/<run-id>/]; an interrupted acdc search resumes from it.")
 def discover(task: str, method: str, threshold: float | None, n_edges: int | None, target: float, no_refine: bool,
              selector: str,
-             model_spec: str | None, n_prompts: int | None, seed: int, ablation: str | None, steps: int,
+             model_spec: str | None, n_prompts: int | None, seed: int, ablation: str | None, steps: int | None,
              out_dir: str | None) -> None:
     """Find a circuit for TASK on the train split and report its faithfulness on the test split.
 
@@ -420,7 +422,7 @@ def discover(task: str, method: str, threshold: float | None, n_edges: int | Non
       acdc discover ioi --method eap-ig --edges 20
       acdc discover ioi --method acdc --threshold 0.02 --out outputs/ioi/acdc
       acdc discover induction --method edge-pruning --edges 15 --seed 1
-      acdc discover ioi --method hybrid --target-faithfulness 0.9
+      acdc discover ioi --method hybrid --target-faithfulness 0.9 --steps 2
     """
     import time
 
@@ -449,7 +451,7 @@ def discover(task: str, method: str, threshold: float | None, n_edges: int | Non
         options["refine"] = not no_refine
     circuit, cost = discover_fn(model, graph, train, method, threshold=threshold, edges=size, target=target,
                                 selector=selector, ablation=ablation, seed=seed,
-                                steps=steps if method == "edge-pruning" else None, **options)
+                                steps=steps, **options)
     info = cost.as_dict()
     scores = None
     if circuit.scores is not None and method != "acdc":
