@@ -12,24 +12,33 @@ nothing reads: their edges (and every q/k edge: attention is uniform) matter onl
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 PLANTED = ["input->a0.h0<v>", "a0.h0->a1.h0<v>", "a1.h0->logits"]
 VOCAB, D, BIG, SCALE, GAIN = 8, 32, 1000.0, 1.0, 4.0
 
 
-def planted_model():
+def _blank_gpt2(d: int) -> tuple[Any, dict[str, torch.Tensor]]:
+    """A 2-layer, 2-head GPT-2 of width ``d`` over ``VOCAB`` tokens and its state dict with every weight zero except
+    the layer norms' gains (one)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from acdc.models import bridge_from_hf
-
-    cfg = GPT2Config(n_layer=2, n_head=2, n_embd=D, vocab_size=VOCAB, n_positions=16, bos_token_id=0, eos_token_id=0,
+    cfg = GPT2Config(n_layer=2, n_head=2, n_embd=d, vocab_size=VOCAB, n_positions=16, bos_token_id=0, eos_token_id=0,
                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=False)
     hf = GPT2LMHeadModel(cfg).eval()
     sd = {k: torch.zeros_like(v) for k, v in hf.state_dict().items()}
     for k in sd:
         if k.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
             sd[k] = torch.ones_like(sd[k])
+    return hf, sd
+
+
+def planted_model():
+    from acdc.models import bridge_from_hf
+
+    hf, sd = _blank_gpt2(D)
     sd["transformer.wte.weight"][:, :VOCAB] = torch.eye(VOCAB) * SCALE
     sd["transformer.wpe.weight"][:, D - 1] = BIG
     # layer norm divides by ~BIG / sqrt(D): undo it in the value weights
@@ -80,18 +89,10 @@ def planted_induction_model():
     token; writes the previous token. a1.h0 (induction head): query = the current token, key = the previous token
     (K-composition with a0.h0), so the last position attends to the position after the earlier copy of its token;
     value = token; writes the prediction, which the unembedding reads."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     from acdc.models import bridge_from_hf
 
     D, dh, V = D_IND, D_IND // 2, VOCAB
-    cfg = GPT2Config(n_layer=2, n_head=2, n_embd=D, vocab_size=V, n_positions=16, bos_token_id=0, eos_token_id=0,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=False)
-    hf = GPT2LMHeadModel(cfg).eval()
-    sd = {k: torch.zeros_like(v) for k, v in hf.state_dict().items()}
-    for k in sd:
-        if k.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
-            sd[k] = torch.ones_like(sd[k])
+    hf, sd = _blank_gpt2(D)
     sd["transformer.wte.weight"][:, TOK : TOK + V] = torch.eye(V)
     sd["transformer.wpe.weight"][:N_POS, POS : POS + N_POS] = torch.eye(N_POS)
     sd["transformer.wpe.weight"][:, D - 2] = BIG
