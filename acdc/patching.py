@@ -285,40 +285,14 @@ def masked_forward(
     return logits[0] if single else logits
 
 
-def prefix_writers(graph: Graph, group: int) -> int:
-    """Number of writers computed before reader group ``group`` (``2l``: layer l's attention readers, ``2l + 1``: its
-    MLP reader, ``2L``: the logits)."""
-    if group >= 2 * graph.n_layers:
-        return graph.n_src
-    layer, mlp = divmod(group, 2)
-    return graph.mlp_writer(layer) if mlp else graph.head_writer(layer, 0)
-
-
-def reader_group(graph: Graph, reader: int) -> int:
-    """The reader group (see :func:`prefix_writers`) of reader index ``reader``."""
-    if reader == graph.logits_index:
-        return 2 * graph.n_layers
-    layer, i = divmod(reader, graph.readers_per_layer)
-    return 2 * layer + (1 if i == graph.readers_per_layer - 1 else 0)
-
-
 def _masked(
     arch: Arch,
     graph: Graph,
     clean: torch.Tensor,
     cache: AblationCache,
     m: torch.Tensor,
-    *,
-    start: int = 0,
-    prefix: torch.Tensor | None = None,
-    keep: list[torch.Tensor] | None = None,
-    stop: int | None = None,
 ) -> torch.Tensor:
-    """The masked pass. Without gradients it can start at reader group ``start`` from ``prefix``, the deltas of the
-    writers before it (``[n_prefix, B, P, d]``, shared by all K masks: the masks must agree on every edge into
-    earlier readers); ``keep`` receives the store of deltas ``[n_src, K, B, P, d]``. With ``stop`` the pass ends
-    before reader group ``stop`` (only the writers before it are computed, into ``keep``) and returns nothing
-    useful (an empty tensor)."""
+    """The masked pass: logits ``[K, B, P, V]`` of the K masks ``m [K, n_src, n_dst]``."""
     K = m.shape[0]
     B, P = clean.shape
     H, G, dh, d, L = arch.n_heads, arch.n_kv_heads, arch.d_head, arch.d_model, arch.n_layers
@@ -346,46 +320,26 @@ def _masked(
         """All readers' inputs ``[R, N, P, d]`` of a reader block (differentiable path)."""
         return _Mix.apply(blk, base, store, n_up, *chunks).view(blk.shape[-1], N, P, d)
 
-    if prefix is not None:
-        if total is None:
-            raise InputError("a prefix start is for evaluation without gradients")
-        n_pre = prefix_writers(graph, start)
-        store.buf[:n_pre] = prefix[:n_pre].unsqueeze(1)
-        total += prefix[:n_pre].sum(0)
-    else:
-        start = 0
-        write(0, arch.embed(clean).unsqueeze(0).expand(K, B, P, d).reshape(1, N, P, d))
+    write(0, arch.embed(clean).unsqueeze(0).expand(K, B, P, d).reshape(1, N, P, d))
     for layer in range(L):
-        if stop is not None and 2 * layer >= stop:
-            break
-        if 2 * layer >= start:  # earlier groups come from the prefix
-            n_up = graph.n_upstream_attn(layer)
-            blk = m[:, :n_up, graph.attn_readers(layer)]
-            base = cache.base_attn[layer]
-            if total is None:
-                x = arch.ln1[layer](inputs(blk, base, n_up).view(-1, N * P, d))  # [H + 2G, N*P, d]
-                qkv = torch.baddbmm(arch.b_read[layer].unsqueeze(1), x, arch.W_read[layer])
-            else:
-                qkv = _shared_qkv(arch, layer, blk, base, total, store.buf[:n_up])
-            q, k, v = qkv.view(-1, N, P, dh).split([H, G, G])
-            z = arch.attention(q, k, v)
-            write(graph.head_writer(layer, 0), torch.bmm(z.view(H, N * P, dh), arch.W_O[layer]))
-        if stop is not None and 2 * layer + 1 >= stop:
-            break
-        if 2 * layer + 1 >= start:
-            n_up = graph.n_upstream_mlp(layer)
-            r = graph.mlp_reader(layer)
-            x = _single_input(m[:, :n_up, r], cache.base_mlp[layer], total, store.buf[:n_up], inputs)
-            write(graph.mlp_writer(layer), arch.mlp(layer, arch.ln2[layer](x.view(N, P, d))).unsqueeze(0))
+        n_up = graph.n_upstream_attn(layer)
+        blk = m[:, :n_up, graph.attn_readers(layer)]
+        base = cache.base_attn[layer]
+        if total is None:
+            x = arch.ln1[layer](inputs(blk, base, n_up).view(-1, N * P, d))  # [H + 2G, N*P, d]
+            qkv = torch.baddbmm(arch.b_read[layer].unsqueeze(1), x, arch.W_read[layer])
+        else:
+            qkv = _shared_qkv(arch, layer, blk, base, total, store.buf[:n_up])
+        q, k, v = qkv.view(-1, N, P, dh).split([H, G, G])
+        z = arch.attention(q, k, v)
+        write(graph.head_writer(layer, 0), torch.bmm(z.view(H, N * P, dh), arch.W_O[layer]))
+        n_up = graph.n_upstream_mlp(layer)
+        r = graph.mlp_reader(layer)
+        x = _single_input(m[:, :n_up, r], cache.base_mlp[layer], total, store.buf[:n_up], inputs)
+        write(graph.mlp_writer(layer), arch.mlp(layer, arch.ln2[layer](x.view(N, P, d))).unsqueeze(0))
 
-    if stop is not None and stop <= 2 * L:
-        if keep is not None:
-            keep.append(store.buf)
-        return torch.empty(0)
     r = graph.logits_index
     x = _single_input(m[:, :, r], cache.base_final, total, store.buf, inputs)
-    if keep is not None:
-        keep.append(store.buf)
     return arch.unembed(arch.ln_final(x.view(N, P, d))).view(K, B, P, -1)
 
 

@@ -49,8 +49,9 @@ from acdc.types import TaskData
 
 @dataclass
 class SearchCost:
-    """What a search cost: masked-forward calls, masks evaluated, full-model-equivalent forward passes (a pass
-    over a fraction f of the layers with K masks counts K·f), and wall time."""
+    """What a search cost: evaluation calls (masked forwards, or calls of the incremental engine), masks
+    evaluated, full-model-equivalent forward passes (a full masked forward of K masks counts K; the incremental
+    engine counts its FLOPs over those of one plain forward), and wall time."""
 
     passes: int = 0
     masks: int = 0
@@ -101,18 +102,14 @@ def acdc_search(
     cache = ablation_cache(model, graph, data.corrupt if ablation != "zero" else None, ablation)  # type: ignore[arg-type]
     valid = graph.valid.to(arch.device)
     cost = SearchCost()
-    groups = 2 * graph.n_layers + 1
     t0 = time.perf_counter()
 
-    def run(masks: torch.Tensor, start: int = 0, prefix: torch.Tensor | None = None,
-            keep: list[torch.Tensor] | None = None, stop: int | None = None) -> torch.Tensor:
+    def run(masks: torch.Tensor) -> torch.Tensor:  # the plain search: one full masked forward per mask
         cost.passes += 1
         cost.masks += masks.shape[0]
-        span = (stop if stop is not None else groups) - (start if prefix is not None else 0)
-        cost.forward_equivalents += masks.shape[0] * span / groups
+        cost.forward_equivalents += masks.shape[0]
         with torch.no_grad():
-            return _masked(arch, graph, clean, cache, masks.to(arch.dtype), start=start, prefix=prefix, keep=keep,
-                           stop=stop)
+            return _masked(arch, graph, clean, cache, masks.to(arch.dtype))
 
     engine = Incremental(arch, graph, clean, cache, data) if fast else None
     with torch.no_grad():
