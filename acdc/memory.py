@@ -19,6 +19,10 @@ writers, ``L`` layers, ``H`` heads, ``R = H + 2G`` q/k/v readers per layer and `
 - a fixed 8 MiB (autograd's first-use buffers);
 - ``exact`` (``K = exact_batch`` masks per pass, no gradients): ``2.6·K·S·X`` for the writer stores with their
   transients, ``2.9·K·B·P·V`` for the logits;
+- ``acdc`` (the fast search, ``B`` = every prompt): the engine's writer deltas and reader inputs
+  ``(S + L·(R + 1) + 1)·X``, twice (a pass that reaches every node holds its new values beside them), the
+  counterfactual cache ``(S + 2L + 1)·X`` (batch 1 for mean/zero), the rotated q/k/v, ``6·X`` of per-candidate
+  transients and the logits at one metric position per prompt;
 - ``mean`` ablation first averages the writers over *all* prompts in one plain forward; with ``n_prompts`` given,
   that pass (``(S + 2L + H + 4)·n·P·d`` stores and transients, MLP, patterns, logits) counts when it is larger.
 
@@ -59,7 +63,11 @@ EXACT_WRITERS = 2.6  # exact: [S, K, B, P, d] writer stores of K masks, with the
 EXACT_LOGITS = 2.9  # exact: [K, B, P, V] logits of consecutive passes
 # the first pass of every gradient method is EAP's; EAP-IG's later passes hold no more, the other two slightly more
 EXTRA_WRITER_COPIES = {"eap": 0.0, "eap-ig-inputs": 0.0, "eap-ig": 0.0, "clean-corrupted": 0.5,
-                       "eap-ig-activations": 1.0, "mask-ig": 0.0, "exact": 0.0}
+                       "eap-ig-activations": 1.0, "mask-ig": 0.0, "exact": 0.0, "acdc": 0.0}
+ACDC_STATE = 2.0  # acdc (the fast search's engine): [S + L·(R + 1) + 1, B, P, d] deltas and reader inputs, twice:
+# the first pass (and a candidate that reaches every node) holds its new values beside the state until they are kept
+ACDC_CACHE = 1.0  # ... the counterfactual run's writers and residuals [S + 2L + 1, B, P, d] (patch ablation)
+ACDC_TRANSIENT = 6.0  # ... per-candidate transients, in residual-sized tensors
 
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "kb": 10**3, "m": MiB, "mib": MiB, "mb": 10**6, "g": GiB,
           "gib": GiB, "gb": 10**9, "t": 2**40, "tib": 2**40, "tb": 10**12}
@@ -220,7 +228,14 @@ def estimate(
     weights = params + ARCH_COPIES * L * d * R * s.d_head * it + MODEL_FIXED + PER_VOCAB_ENTRY * V
     X = batch * P * d * it  # one residual-stream-sized tensor of the batch
     logit = batch * P * V * it
-    if method == "exact":  # exact_batch masks per masked forward, no gradients
+    if method == "acdc":  # the fast search (acdc.incremental): the whole batch at once, no gradients
+        n_in = L * (R + 1) + 1
+        cache = (S + 2 * L + 1) * X * (ACDC_CACHE if ablation == "patch" else 1 / batch)
+        writers = ACDC_STATE * (S + n_in) * X + cache + L * R * batch * P * s.d_head * it  # + rotated q, k, v
+        activations = ACDC_TRANSIENT * X + 2.0 * batch * P * dm * it
+        attention = 2.0 * batch * P * P * it
+        logits = (LOGITS + KL_REFERENCE) * batch * V * it  # one metric position per prompt
+    elif method == "exact":  # exact_batch masks per masked forward, no gradients
         k = exact_batch
         writers = EXACT_WRITERS * k * S * X
         activations = 0.0

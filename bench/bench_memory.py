@@ -13,6 +13,8 @@ bytes, before the run) against the measurement: weights (``r1 - r0``), run (``pe
     python bench/bench_memory.py                 # the three configurations below, EAP
     python bench/bench_memory.py --method eap-ig-inputs
     python bench/bench_memory.py --grid          # the 28 calibration configurations (about 10 minutes)
+    python bench/bench_memory.py --method acdc   # the fast ACDC search (every prompt at once; GPT-2-small shape:
+                                                 # cut short after the logits reader, see CONFIGS)
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 
 CONFIGS: list[dict[str, Any]] = [
     {"name": "GPT-2-small shape, 16 x 32 tokens", "L": 12, "H": 12, "d": 768, "V": 50257, "ctx": 1024, "n": 16,
-     "P": 32, "batch": 16},
+     "P": 32, "batch": 16, "tau": 1e9},  # acdc: 32k edges take long; an infinite threshold stops after the logits
     {"name": "4 layers d256, 64 x 64 tokens", "L": 4, "H": 8, "d": 256, "V": 50257, "ctx": 128, "n": 64, "P": 64,
      "batch": 64},
     {"name": "zoo:toy-ioi, 200 prompts (ioi)", "zoo": "toy-ioi", "task": "ioi", "n": 200, "batch": 32},
@@ -42,6 +44,7 @@ GRID = [(2, 4, 128, 512, 64, 64), (2, 4, 128, 512, 64, 128), (4, 4, 256, 512, 64
         (4, 8, 128, 512, 512, 8), (4, 8, 128, 512, 1024, 2), (4, 8, 256, 512, 64, 16), (4, 8, 256, 512, 64, 32),
         (4, 8, 256, 512, 64, 64), (4, 8, 256, 512, 64, 128), (4, 8, 256, 8192, 64, 64), (4, 8, 256, 512, 32, 64),
         (4, 8, 256, 512, 128, 64), (8, 8, 256, 512, 64, 64)]
+ACDC_TAU = 0.01  # the ACDC threshold of ``--method acdc`` (a config's "tau" overrides it: inf keeps only the start)
 GRID_ZOO = [{"zoo": "toy-ioi", "task": "ioi", "n": 200, "batch": 32},
             {"zoo": "toy-induction", "task": "induction", "n": 200, "batch": 32}]
 
@@ -86,7 +89,8 @@ def child(cfg: dict[str, Any], method: str, steps: int, threads: int) -> None:
         data = TaskData(tokens[0], tokens[1], positions, tokens[2], tokens[3], "logit_diff")
     graph = Graph.from_model(model)
     get_arch(model)
-    est = estimate(model, method=method, batch=min(cfg["batch"], len(data)), seq_len=data.clean.shape[1],
+    batch = len(data) if method == "acdc" else min(cfg["batch"], len(data))  # the search takes every prompt at once
+    est = estimate(model, method=method, batch=batch, seq_len=data.clean.shape[1],
                    n_writers=graph.n_src, ablation=ablation, metric=data.metric, n_prompts=len(data))
     gc.collect()
     r1 = _rss()
@@ -96,7 +100,13 @@ def child(cfg: dict[str, Any], method: str, steps: int, threads: int) -> None:
         reset = True
     except OSError:
         reset = False
-    attribute(model, graph, data, method, ablation=ablation, steps=steps, batch_size=cfg["batch"], progress=False)
+    if method == "acdc":
+        from acdc.search import acdc_search
+
+        acdc_search(model, graph, data, cfg.get("tau", ACDC_TAU), ablation=ablation, progress=False)
+    else:
+        attribute(model, graph, data, method, ablation=ablation, steps=steps, batch_size=cfg["batch"],
+                  progress=False)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     print(json.dumps({"est_weights": est.weights, "est_run": est.run, "est_total": est.total, "weights": r1 - r0,
                       "run": peak - r1, "total": peak - r0, "reset": reset, "prompts": len(data),

@@ -51,7 +51,7 @@ def test_format_size():
 
 # ---- scaling -------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", ["eap", "eap-ig-inputs", "clean-corrupted", "eap-ig-activations", "mask-ig",
-                                    "exact"])
+                                    "exact", "acdc"])
 def test_per_prompt_terms_are_linear_in_batch(method):
     e1, e2, e5 = (estimate(GPT2_SMALL, method=method, batch=b, seq_len=64) for b in (1, 2, 5))
     for term in PER_PROMPT:
@@ -81,6 +81,16 @@ def test_writer_stores_hold_at_least_three_copies():
     e = estimate(GPT2_SMALL, batch=8, seq_len=32)
     assert e.writers >= 3 * 157 * 8 * 32 * 768 * 4
     assert e.logits >= 2 * 8 * 32 * 50257 * 4  # the logits and their gradient
+
+
+def test_acdc_counts_the_engine_state():
+    """The fast ACDC keeps every writer's delta and every reader's input [B, P, d] (twice at its first pass) and the
+    counterfactual cache; mean ablation's cache has batch 1."""
+    X = 8 * 32 * 768 * 4
+    n_src, n_in = 157, 12 * (36 + 1) + 1
+    e = estimate(GPT2_SMALL, method="acdc", batch=8, seq_len=32)
+    assert e.writers >= (2 * (n_src + n_in) + n_src) * X
+    assert estimate(GPT2_SMALL, method="acdc", batch=8, seq_len=32, ablation="mean").writers < e.writers
 
 
 def test_methods_and_ablations_order():
