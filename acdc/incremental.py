@@ -55,7 +55,7 @@ class _Pos:
     def take(self, x: torch.Tensor) -> torch.Tensor:
         """Rows of ``x [..., B', P', w]`` at these positions (``P' = 1`` broadcasts; ``B' = 1`` is expanded)."""
         if self.index is None or x.shape[-2] == 1:
-            return x if self.index is None else x
+            return x
         idx = self.index
         lead = x.shape[:-3]
         b = max(x.shape[-3], idx.shape[0])
@@ -116,12 +116,9 @@ class Incremental:
         self.live = [True] * graph.n_src
         self.logits: torch.Tensor | None = None
         self._pending: dict[str, Any] | None = None
-        # reader index -> (kind, layer, local index)
-        self.kind: list[tuple[str, int, int]] = []
-        for layer in range(L):
-            self.kind += [("q", layer, h) for h in range(H)] + [("k", layer, g) for g in range(G)]
-            self.kind += [("v", layer, g) for g in range(G)] + [("mlp", layer, 0)]
-        self.kind.append(("logits", L, 0))
+        self._full = False  # the pass under way computes every reader input from scratch
+        self._removed = np.zeros_like(self.mask_np)  # edges some candidate of the pass under way removes
+        self._new_inputs: dict[int, tuple[torch.Tensor, _Pos]] = {}
 
     # ---- state --------------------------------------------------------------------------------------------------
     def set_mask(self, mask: torch.Tensor) -> None:
@@ -187,8 +184,8 @@ class Incremental:
         masks = masks.to(torch.bool).cpu()
         union = masks.any(0).numpy()
         self._full = full
-        self._removed = self.mask_np & ~masks.all(0).numpy()  # edges some candidate removes
-        self._new_inputs: dict[int, tuple[torch.Tensor, _Pos]] = {}
+        self._removed = self.mask_np & ~masks.all(0).numpy()
+        self._new_inputs = {}
         hit = np.zeros(self.graph.n_dst, dtype=bool)  # readers fed by a changed writer
         coef = masks.to(arch.dtype).to(arch.device)
         H, G, L = arch.n_heads, arch.n_kv_heads, arch.n_layers
