@@ -1,4 +1,5 @@
-"""Memory planning: the peak memory of an attribution run, and the largest batch that fits a budget.
+"""Memory planning: the peak memory of an attribution run (or of the fast ACDC search), and the largest batch that
+fits a budget.
 
 The estimate is a sum of terms, each a family of tensors the run holds at its peak, times a coefficient calibrated
 against peak RSS measured on CPU (``bench/bench_memory.py``). With ``B`` prompts per pass of ``P`` tokens, ``S``

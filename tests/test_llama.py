@@ -304,8 +304,9 @@ def test_other_gradient_methods_run(model64):
 
 
 def test_fast_acdc_equals_sequential(model64):
-    """The searches run on these architectures too: ACDC's prefix reuse and speculation (the no-gradient path with
-    shared reader inputs) give the same edges as one full masked forward per edge."""
+    """The searches run on these architectures too: ACDC's incremental engine (rotary queries at the metric
+    positions, shared key/value readers), with and without speculation, gives the same edges as one full masked
+    forward per edge."""
     from acdc.search import acdc_search
 
     graph = Graph.from_model(model64)
