@@ -5,10 +5,11 @@ The library's one mechanism is :func:`masked_forward`; every method is a way of 
 
 from acdc.attribution import EdgeScores, attribute
 from acdc.errors import AcdcError, InputError
+from acdc.evaluate import evaluate_circuits
 from acdc.graph import Circuit, Graph, prune_dangling
+from acdc.methods import SearchCost, discover
 from acdc.models import load_model
 from acdc.patching import AblationCache, ablation_cache, masked_forward, run_with_writers
-from acdc.search import SearchCost, discover, evaluate_circuits
 from acdc.task import Task, get_task, list_tasks
 from acdc.types import TaskData
 

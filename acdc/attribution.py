@@ -43,13 +43,20 @@ from acdc.errors import InputError
 from acdc.graph import Graph
 from acdc.io import atomic_write_bytes, atomic_write_text
 from acdc.metrics import task_metric
-from acdc.patching import AblationCache, _check_graph, _check_tokens, _plain, ablation_cache, masked_forward
+from acdc.patching import (
+    AblationCache,
+    ablation_cache,
+    check_graph,
+    check_tokens,
+    masked_forward,
+    plain_forward,
+    shared_cache,
+)
 from acdc.types import ABLATIONS, Ablation, TaskData
 
 Method = Literal["eap", "eap-ig-inputs", "eap-ig", "eap-ig-activations", "clean-corrupted", "mask-ig", "exact"]
 METHODS: tuple[str, ...] = get_args(Method)
 Level = Literal["edge", "node"]
-GRADIENT_METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted")
 
 
 @dataclass(eq=False)
@@ -287,40 +294,27 @@ def attribute(
         raise InputError("the kl metric has zero gradient at the clean run, so EAP scores would all be 0; use a task "
                          "metric (logit_diff, prob_diff, logprob) or eap-ig-inputs")
     arch = get_arch(model)
-    _check_graph(graph, arch)
-    clean = _check_tokens("clean", data.clean, arch, model)
-    corrupt = _check_tokens("corrupt", data.corrupt, arch, model)
+    check_graph(graph, arch)
+    clean = check_tokens("clean", data.clean, arch, model)
+    corrupt = check_tokens("corrupt", data.corrupt, arch, model)
     if clean.shape != corrupt.shape:
         raise InputError(f"clean {list(clean.shape)} and counterfactual {list(corrupt.shape)} prompts differ in shape")
     n = clean.shape[0]
-    mean_cache = None
-    if precomputed is not None:
-        if precomputed.ablation != ablation or ablation == "patch":
-            raise InputError(f"a precomputed cache is for mean or zero ablation matching --ablation; got a "
-                             f"{precomputed.ablation} cache for ablation {ablation}")
-        mean_cache = precomputed
-    elif ablation == "mean":
-        mean_cache = ablation_cache(model, graph, corrupt, "mean")
-    elif ablation == "zero":
-        mean_cache = ablation_cache(model, graph, None, "zero")
+    mean_cache = shared_cache(model, graph, corrupt, ablation, precomputed)
 
     batches = [(i, min(n, i + batch_size)) for i in range(0, n, batch_size)]
-    per_batch = {"eap": 1, "eap-ig-inputs": steps, "clean-corrupted": 2, "mask-ig": steps,
-                 "eap-ig-activations": 1 + (steps - 1) * (2 * arch.n_layers + 1)}.get(method, 0)
-    if method == "exact":
-        n_masks = graph.n_edges if level == "edge" else graph.n_src
-        per_batch = math.ceil((n_masks + 1) / exact_batch)
+    per_batch, fwd_eq = attribution_cost(method, steps, graph, level=level, exact_batch=exact_batch)
     total = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.float64) if level == "edge" or method != "exact" \
         else torch.zeros(graph.n_src, dtype=torch.float64)
     bar = tqdm(total=len(batches) * per_batch, desc=f"{method} scores", unit="pass", disable=not progress,
                leave=False)
     for lo, hi in batches:
-        sub = _subset(data, lo, hi)
+        sub = data.rows(lo, hi)
         cache = mean_cache if mean_cache is not None else ablation_cache(model, graph, sub.corrupt, "patch")
         ref_logits = None
         if data.metric == "kl":  # the reference distribution of KL: the clean run
             with torch.no_grad():
-                ref_logits = _plain(arch, sub.clean.to(arch.device))[0]
+                ref_logits = plain_forward(arch, sub.clean.to(arch.device))[0]
 
         def metric(logits: torch.Tensor, sub: TaskData = sub, ref: torch.Tensor | None = ref_logits) -> torch.Tensor:
             return task_metric(sub, logits, ref).mean()
@@ -337,16 +331,26 @@ def attribute(
         total = (total * graph.valid.double()).sum(1)
     meta = {"method": method, "ablation": ablation, "steps": steps if method in ("eap-ig-inputs", "mask-ig",
             "eap-ig-activations") else None, "n_prompts": n, "metric": data.metric, "level": level,
-            "batch_size": batch_size}
+            "batch_size": batch_size, "passes": per_batch * len(batches),
+            "forward_equivalents": fwd_eq + (ablation != "zero") + (data.metric == "kl")}
     return EdgeScores(graph, total * (graph.valid.double() if total.dim() == 2 else 1.0), method, level, meta)
 
 
-def _subset(data: TaskData, lo: int, hi: int) -> TaskData:
-    return TaskData(
-        clean=data.clean[lo:hi], corrupt=data.corrupt[lo:hi], positions=data.positions[lo:hi],
-        answers=data.answers[lo:hi], wrong=None if data.wrong is None else data.wrong[lo:hi], metric=data.metric,
-        description=data.description,
-    )
+def attribution_cost(method: str, steps: int, graph: Graph, *, level: Level = "edge", exact_batch: int = 32
+                     ) -> tuple[int, float]:
+    """(passes per batch of prompts, forward equivalents over the whole data) of an attribution method, not counting
+    the counterfactual run (one forward, except for zero ablation) or kl's clean reference (one forward). A pass
+    with a backward counts 3 forward equivalents; ``exact`` evaluates one mask per edge (node) plus the full one."""
+    if method == "eap-ig":
+        method = "eap-ig-inputs"
+    if method == "exact":
+        n_masks = (graph.n_edges if level == "edge" else graph.n_src) + 1
+        return math.ceil(n_masks / exact_batch), float(n_masks)
+    per = {"eap": 1, "eap-ig-inputs": steps, "clean-corrupted": 2, "mask-ig": steps,
+           "eap-ig-activations": 1 + (steps - 1) * (2 * graph.n_layers + 1)}
+    if method not in per:
+        raise InputError(f"unknown attribution method '{method}'; choose one of {', '.join(METHODS)}")
+    return per[method], 3.0 * per[method]
 
 
 def _gradient_method(

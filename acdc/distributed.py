@@ -6,8 +6,8 @@ environment and joins the process group (gloo for CPU tensors, nccl for CUDA one
 
 - :func:`attribute_distributed` runs :func:`acdc.attribute` on the rank's shard and all-reduces the
   prompt-weighted scores: ``Σ_r n_r · scores_r / n``, which is the single-process prompt average;
-- :func:`evaluate_distributed` runs :func:`acdc.pareto.evaluate_masks` on the shard and all-gathers the per-prompt
-  values, so every rank holds the full :class:`~acdc.pareto.Evaluation` (bootstrap intervals need all prompts).
+- :func:`evaluate_distributed` runs :func:`acdc.evaluate.evaluate_masks` on the shard and all-gathers the per-prompt
+  values, so every rank holds the full :class:`~acdc.evaluate.Evaluation` (bootstrap intervals need all prompts).
 
 Shards are contiguous and, for attribution, cut at multiples of the batch size, so each rank runs exactly the
 batches one process would run: only the order of the final float64 sums differs.
@@ -27,8 +27,8 @@ import torch.distributed as dist
 
 from acdc.attribution import EdgeScores, attribute
 from acdc.errors import InputError
+from acdc.evaluate import Evaluation, evaluate_masks
 from acdc.graph import Graph
-from acdc.pareto import Evaluation, evaluate_masks
 from acdc.patching import AblationCache
 from acdc.types import TaskData
 
@@ -72,11 +72,6 @@ def rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def is_main() -> bool:
-    """True on rank 0 (the only rank that writes files and prints)."""
-    return rank_world()[0] == 0
-
-
 def shutdown() -> None:
     """Leave the process group (no-op without one)."""
     if dist.is_available() and dist.is_initialized():
@@ -106,21 +101,10 @@ def shard_bounds(n: int, rank: int, world: int, *, align: int = 1) -> tuple[int,
     return min(n, b0 * align), min(n, b1 * align)
 
 
-def _rows(data: TaskData, lo: int, hi: int) -> TaskData:
-    """Prompts ``lo:hi`` of ``data`` with every field kept (texts and lengths sliced, info copied)."""
-    return TaskData(
-        clean=data.clean[lo:hi], corrupt=data.corrupt[lo:hi], positions=data.positions[lo:hi],
-        answers=data.answers[lo:hi], wrong=None if data.wrong is None else data.wrong[lo:hi], metric=data.metric,
-        description=data.description, lengths=None if data.lengths is None else data.lengths[lo:hi],
-        texts=None if data.texts is None else list(data.texts[lo:hi]),
-        info={**data.info, "shard": {"lo": lo, "hi": hi, "of": len(data)}},
-    )
-
-
 def shard(data: TaskData, rank: int, world: int, *, align: int = 1) -> TaskData:
-    """The prompts of ``rank`` out of ``world`` (see :func:`shard_bounds`); ``info["shard"]`` records the range."""
+    """The prompts of ``rank`` out of ``world`` (see :func:`shard_bounds`); ``info["rows"]`` records the range."""
     lo, hi = shard_bounds(len(data), rank, world, align=align)
-    return _rows(data, lo, hi)
+    return data.rows(lo, hi)
 
 
 def mean_cache_distributed(model: Any, graph: Graph, data: TaskData) -> AblationCache:
@@ -128,7 +112,7 @@ def mean_cache_distributed(model: Any, graph: Graph, data: TaskData) -> Ablation
     writers of its shard's counterfactual prompts, and the sums are all-reduced (the single-process cache is the
     mean over every prompt, so shards must not average on their own)."""
     from acdc.arch import get_arch
-    from acdc.patching import _plain
+    from acdc.patching import plain_forward
 
     rank, world = rank_world()
     arch = get_arch(model)
@@ -139,7 +123,7 @@ def mean_cache_distributed(model: Any, graph: Graph, data: TaskData) -> Ablation
             torch.zeros(L, 1, p, d, dtype=torch.float64), torch.zeros(1, p, d, dtype=torch.float64)]
     if hi > lo:
         with torch.no_grad():
-            _, c = _plain(arch, data.corrupt[lo:hi].to(arch.device), logits=False)
+            _, c = plain_forward(arch, data.corrupt[lo:hi].to(arch.device), logits=False)
         parts = [c.writers.sum(1, keepdim=True), c.base_attn.sum(1, keepdim=True), c.base_mlp.sum(1, keepdim=True),
                  c.base_final.sum(0, keepdim=True)]
         sums = [t.double().cpu() for t in parts]
@@ -180,7 +164,7 @@ def attribute_distributed(
     pre = mean_cache_distributed(model, graph, data) if ablation == "mean" else None  # collective: every rank
     part: EdgeScores | None = None
     if hi > lo:
-        part = attribute(model, graph, _rows(data, lo, hi), method, ablation=ablation,  # type: ignore[arg-type]
+        part = attribute(model, graph, data.rows(lo, hi), method, ablation=ablation,  # type: ignore[arg-type]
                          batch_size=batch_size, progress=progress and rank == 0, precomputed=pre, **kw)
         local = part.scores.double() * (hi - lo)
     else:  # more ranks than batches: this rank only joins the reduction
@@ -205,7 +189,7 @@ def evaluate_distributed(
     batch: int = 16,
     **kw: Any,
 ) -> Evaluation:
-    """:func:`acdc.pareto.evaluate_masks` over all ranks: each evaluates its shard of prompts, then the per-prompt
+    """:func:`acdc.evaluate.evaluate_masks` over all ranks: each evaluates its shard of prompts, then the per-prompt
     values are all-gathered in prompt order, so every rank returns the :class:`Evaluation` of the whole ``data``
     (and rank 0 can compute bootstrap intervals). ``kw`` goes to ``evaluate_masks``."""
     rank, world = rank_world()
@@ -219,7 +203,7 @@ def evaluate_distributed(
     # one [2K + 2, width] float64 block per rank: metric rows, kl rows, full, empty (padded to the widest shard)
     block = torch.zeros(2 * k + 2, width, dtype=torch.float64)
     if hi > lo:
-        ev = evaluate_masks(model, graph, _rows(data, lo, hi), masks, ablation=ablation, batch=batch,
+        ev = evaluate_masks(model, graph, data.rows(lo, hi), masks, ablation=ablation, batch=batch,
                             precomputed=pre, **kw)
         block[:, : hi - lo] = torch.cat([ev.metric, ev.kl, ev.full[None], ev.empty[None]]).double()
     dev = _comm_device()

@@ -1,21 +1,24 @@
-"""The main job behind ``acdc run TASK``: discover circuits with several methods, sweep their sizes, draw, report.
+"""The jobs behind the command line, as library functions: ``acdc run`` (:func:`run_job`), ``acdc scores``
+(:func:`scores_job`) and ``acdc discover`` (:func:`discover_job`). They share one preparation stage (task, model,
+graph, prompts) and the method registry (acdc.methods).
 
-Steps (each timed):
-1. load the model (training a zoo model on first use) and build the task's train and test prompts;
-2. run the methods on the train split: ``eap`` and ``eap-ig`` give score rankings; ``edge-pruning`` learns masks at
-   one size whose ``log alpha`` ranks every edge; ``hybrid`` finds one circuit per target faithfulness from the
-   EAP-IG ranking; ``acdc`` finds one circuit per threshold (only when its estimated time fits ``acdc_budget_s``);
-3. sweep: every ranking at the grid of sizes (log grid + MIB's) and every found circuit, evaluated exactly on the
-   test split with bootstrap intervals (:func:`acdc.pareto.sweep`), giving the frontier and the summaries;
-4. choose one circuit per method: the smallest on its curve whose faithfulness on the *train* split reaches
-   ``level`` (else its most faithful one), reported with its test numbers; the headline circuit is the smallest
-   chosen one reaching ``level`` on test;
-5. write ``pareto.json``/``.svg``/``.png``, ``circuits/<method>.json``/``.svg``/``.png``, ``circuit.svg``/``.png``
-   (the headline), ``mib/`` (the rankings in MIB's layout), ``summary.json``, ``run.yaml`` and ``report.html``.
+``run_job`` is four stages:
+1. :func:`prepare`: load the model (training a zoo model on first use), build the task's train and test prompts;
+2. :func:`run_methods`: every method on the train split (acdc.methods); a ranking gives a curve of greedy circuits
+   at a grid of sizes, a circuit method the circuits it found; rankings saved by ``acdc scores`` add curves;
+3. sweep every curve exactly on test (and on train, to choose) and :func:`choose` one circuit per method: the
+   smallest on its curve whose faithfulness on the *train* split reaches ``level`` (else its most faithful one),
+   reported with its test numbers; the headline is the smallest chosen circuit reaching ``level`` on test;
+4. :func:`write_run`: ``pareto.json``/``.svg``/``.png``, ``circuits/<method>.json``/``.svg``/``.png``,
+   ``circuit.svg``/``.png`` (the headline), ``mib/``, ``summary.json`` (:class:`acdc.summary.RunSummary`),
+   ``run.yaml`` and ``report.html``.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -28,20 +31,26 @@ import torch
 from acdc.errors import InputError
 from acdc.graph import Circuit, Graph
 from acdc.io import atomic_write_text
+from acdc.methods import Context, Method, Settings, find_circuit, get_method, method_names
+from acdc.methods.discover import check_controls
+from acdc.summary import ChosenCircuit, RunSummary
+from acdc.types import TaskData
 
-JOB_METHODS: tuple[str, ...] = ("eap", "eap-ig", "edge-pruning", "hybrid", "acdc")
-RUN_FORMAT = "acdc-run/1"
+
+def _default_methods() -> tuple[str, ...]:
+    return method_names(in_job=True)
 
 
 @dataclass
 class JobOptions:
-    """What ``acdc run`` does; every field has a command-line option."""
+    """What ``acdc run`` / ``acdc pareto`` do; every field has a command-line option."""
 
-    methods: tuple[str, ...] = JOB_METHODS
+    methods: tuple[str, ...] = field(default_factory=_default_methods)
     n: int | None = None  # prompts per split (None: the task's default)
-    seed: int = 0
+    seed: int | None = None  # prompts, masks, bootstrap (None: the task's default)
     ablation: str | None = None  # None: the task's default
     counterfactual: str | None = None
+    dataset: str | None = None  # None: the task's choice for the model
     ig_steps: int = 5
     bootstrap: int = 1000
     per_decade: int = 6
@@ -57,179 +66,229 @@ class JobOptions:
     mib: bool = True
     circuits: bool = True  # choose, save and draw one circuit per method (False: curves only, for `acdc pareto`)
     score_dirs: tuple[str, ...] = ()  # rankings saved by `acdc scores` to sweep as extra curves
-    distributed: bool = False  # share prompts among torchrun processes (eap / eap-ig and the sweeps)
+    distributed: bool = False  # share prompts among torchrun processes (methods that can, and the sweeps)
+    device_map: str | dict[str, Any] | None = None
     command: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    def settings(self, ablation: str, seed: int) -> Settings:
+        return Settings(ablation=ablation, seed=seed, ig_steps=self.ig_steps, train_steps=self.ep_steps,
+                        edges=self.ep_edges, thresholds=self.acdc_thresholds, targets=self.hybrid_targets,
+                        budget_s=self.acdc_budget_s)
 
 
-def _json(path: Path, obj: Any) -> Path:
-    import json
+# ---- stage 1: prepare --------------------------------------------------------------------------------------------
+@dataclass
+class Prepared:
+    """A task on a model: what every job starts from."""
 
-    return atomic_write_text(path, json.dumps(obj, indent=1, default=float))
+    task: Any
+    spec: str
+    model: Any
+    graph: Graph
+    ablation: str
+    seed: int
+    data: dict[str, TaskData]  # split -> prompts
+    timings: dict[str, Any]
 
 
-def run_job(task_name: str, model_spec: str | None, out: str | Path | None, opts: JobOptions | None = None, *,
-            log: Callable[[str], None] = lambda s: None, progress: bool = True) -> dict[str, Any]:
-    """Run the main job for ``task_name`` (a built-in name or a YAML path) and return the summary document (also
-    written to ``<out>/summary.json``). ``log`` receives one line per finished step."""
-    from acdc.attribution import attribute
+def prepare(task_name: str, model_spec: str | None, *, splits: Sequence[str] = ("train", "test"), n: int | None = None,
+            seed: int | None = None, counterfactual: str | None = None, dataset: str | None = None,
+            ablation: str | None = None, device_map: str | dict[str, Any] | None = None) -> Prepared:
+    """Load ``task_name`` (a built-in name or a YAML path), its model (``model_spec`` or the task's default), the
+    graph and the prompts of ``splits``; the task's defaults fill what is not given."""
     from acdc.models import load_model
-    from acdc.pareto import curve_from_circuits, curve_from_scores, size_grid, sweep
-    from acdc.runs import run_dir, versions, write_run_yaml
-    from acdc.search import acdc_search, edge_pruning, hybrid_search
     from acdc.task import get_task
-
-    opts = opts or JobOptions()
-    unknown = [m for m in opts.methods if m not in JOB_METHODS]
-    if unknown or not (opts.methods or opts.score_dirs):
-        raise InputError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from "
-                         f"{', '.join(JOB_METHODS)}")
-    if not 0 < opts.level <= 1:
-        raise InputError(f"level must be in (0, 1], got {opts.level}")
-    main_rank = True
-    evaluator = None
-    if opts.distributed:
-        from acdc.distributed import evaluate_distributed, init_from_env
-
-        serial = [m for m in opts.methods if m not in ("eap", "eap-ig")]
-        if serial:
-            raise InputError(f"--distributed shares prompts for eap, eap-ig and the sweeps only; run "
-                             f"{', '.join(serial)} without it (or drop them with --methods)")
-        rank, _ = init_from_env()
-        main_rank = rank == 0
-        evaluator = evaluate_distributed
-        progress = progress and main_rank
-    t_start = time.perf_counter()
-    timings: dict[str, Any] = {"methods": {}}
-    notes: list[str] = []
 
     task = get_task(task_name)
     spec = model_spec or task.default_model
     t0 = time.perf_counter()
-    model = load_model(spec)
-    timings["model_s"] = round(time.perf_counter() - t0, 2)
+    model = load_model(spec, device_map=device_map)
+    timings: dict[str, Any] = {"model_s": round(time.perf_counter() - t0, 2)}
     graph = Graph.from_model(model)
-    ablation = opts.ablation or task.spec.defaults.ablation
-    log(f"model {spec}: {model.cfg.n_layers} layers x {model.cfg.n_heads} heads, {graph.n_edges} edges "
-        f"({timings['model_s']:.1f} s)")
-
     t0 = time.perf_counter()
-    train = task.build(model, opts.n, seed=opts.seed, split="train", counterfactual=opts.counterfactual)
-    test = task.build(model, opts.n, seed=opts.seed, split="test", counterfactual=opts.counterfactual)
+    seed = task.spec.defaults.seed if seed is None else seed
+    data = {split: task.build(model, n, seed=seed, split=split, counterfactual=counterfactual, dataset=dataset)
+            for split in splits}
     timings["data_s"] = round(time.perf_counter() - t0, 2)
-    log(f"task {task.name}: {len(train)} train / {len(test)} test prompts; metric {train.description}")
-    folder = run_dir(task.name, "run", out) if main_rank else Path(".")
+    return Prepared(task, spec, model, graph, ablation or task.spec.defaults.ablation, seed, data, timings)
 
-    # ---- methods ----------------------------------------------------------------------------------------------
+
+# ---- stage 2: methods --------------------------------------------------------------------------------------------
+@dataclass
+class MethodRuns:
+    """The curves to sweep, the rankings for MIB files (name -> (sense, scores)), notes and per-method seconds."""
+
+    curves: list[Any] = field(default_factory=list)
+    rankings: dict[str, tuple[str, torch.Tensor]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def check_methods(names: Sequence[str], *, distributed: bool = False) -> list[Method]:
+    """The registered methods called ``names``, or a one-line error."""
+    unknown = [m for m in names if m not in method_names()]
+    if unknown:
+        raise InputError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(method_names())}")
+    methods = [get_method(m) for m in names]
+    serial = [m.name for m in methods if distributed and not m.distributed]
+    if serial:
+        raise InputError(f"--distributed shares prompts for {', '.join(method_names(distributed=True))} and the "
+                         f"sweeps only; run {', '.join(serial)} without it (or drop them with --methods)")
+    return methods
+
+
+def run_methods(prep: Prepared, methods: Sequence[Method], opts: JobOptions, *, progress: bool = True,
+                log: Callable[[str], None] = lambda s: None) -> MethodRuns:
+    """Every method on the train split; each ranking becomes a curve of greedy circuits over the size grid, each
+    circuit method's circuits a curve of their own."""
+    from acdc.pareto import curve_from_circuits, curve_from_scores, size_grid
+
+    graph = prep.graph
     sizes = size_grid(graph.n_edges, opts.per_decade)
-    curves = []
-    rankings: dict[str, torch.Tensor] = {}
-    ig_scores = None
-    for method in opts.methods:
+    ctx = Context(prep.model, graph, prep.data["train"], progress=progress, distributed=opts.distributed)
+    settings = opts.settings(prep.ablation, prep.seed)
+    runs = MethodRuns()
+    for m in methods:
         t0 = time.perf_counter()
-        if method in ("eap", "eap-ig"):
-            name = "eap" if method == "eap" else "eap-ig-inputs"
-            if opts.distributed:
-                from acdc.distributed import attribute_distributed
-
-                s = attribute_distributed(model, graph, train, name, ablation=ablation, steps=opts.ig_steps,
-                                          progress=progress)
-            else:
-                s = attribute(model, graph, train, name, ablation=ablation, steps=opts.ig_steps,  # type: ignore[arg-type]
-                              progress=progress)
-            if method == "eap-ig":
-                ig_scores = s
-            rankings[method] = s.scores
-            curves.append(curve_from_scores(graph, method, s.scores, sizes))
-        elif method == "edge-pruning":
-            n_ep = opts.ep_edges or min(graph.n_edges, max(20, round(0.05 * graph.n_edges)))
-            _, log_alpha, _ = edge_pruning(model, graph, train, edges=n_ep, ablation=ablation, steps=opts.ep_steps,
-                                           seed=opts.seed, progress=progress)
-            keep = torch.sigmoid(log_alpha.double()) * graph.valid  # monotone in log alpha, positive: |.| ranks right
-            rankings[method] = keep
-            curves.append(curve_from_scores(graph, method, keep, sizes))
-            notes.append(f"edge-pruning: masks trained for {n_ep} edges ({opts.ep_steps} steps); the curve ranks "
-                         "every edge by its learned keep probability sigmoid(log alpha)")
-        elif method == "hybrid":
-            if ig_scores is None:
-                ig_scores = attribute(model, graph, train, "eap-ig-inputs", ablation=ablation,  # type: ignore[arg-type]
-                                      steps=opts.ig_steps, progress=progress)
-            cs = []
-            for tgt in opts.hybrid_targets:
-                c, _ = hybrid_search(model, graph, train, target=tgt, ablation=ablation, scores=ig_scores,
-                                     progress=False)
-                c.meta["label"] = f"target={tgt:g}"
-                cs.append(c)
-            curves.append(curve_from_circuits(method, cs))
-        elif method == "acdc":
-            thresholds = _acdc_plan(model, graph, train, ablation, opts, notes)
-            cs = []
-            for tau in thresholds:
-                c, _ = acdc_search(model, graph, train, tau, ablation=ablation, progress=progress)
-                c.meta["label"] = f"tau={tau:g}"
-                cs.append(c)
-            if cs:
-                curves.append(curve_from_circuits(method, cs))
-        timings["methods"][method] = round(time.perf_counter() - t0, 2)
-        log(f"{method}: {timings['methods'][method]:.1f} s")
-
+        out = m.run(ctx, settings)
+        if m.kind == "ranking":
+            assert out.scores is not None  # a ranking always has scores
+            runs.rankings[m.name] = (m.ranking_sense, out.scores.scores)
+            runs.curves.append(curve_from_scores(graph, m.name, out.scores.scores, sizes))
+        elif out.circuits:
+            runs.curves.append(curve_from_circuits(m.name, out.circuits))
+        runs.notes += out.notes
+        runs.seconds[m.name] = round(time.perf_counter() - t0, 2)
+        log(f"{m.name}: {runs.seconds[m.name]:.1f} s")
     for name, sc in sweep_scores_dirs(opts.score_dirs, graph).items():
-        rankings[name] = sc
-        curves.append(curve_from_scores(graph, name, sc, sizes))
+        runs.rankings[name] = ("effect", sc)
+        runs.curves.append(curve_from_scores(graph, name, sc, sizes))
+    return runs
 
-    # ---- sweeps: choose on train, report on test ---------------------------------------------------------------
+
+def sweep_scores_dirs(dirs: Sequence[str | Path], graph: Graph) -> dict[str, torch.Tensor]:
+    """Rankings saved by ``acdc scores`` (folders with scores.safetensors), keyed by their method."""
+    from acdc.attribution import EdgeScores
+
+    out: dict[str, torch.Tensor] = {}
+    for d in dirs:
+        s = EdgeScores.load(d, graph)
+        name = s.method if s.method not in out else f"{s.method} ({Path(d).name})"
+        out[name] = s.scores
+    return out
+
+
+# ---- stage 3: choose ---------------------------------------------------------------------------------------------
+@dataclass
+class Choice:
+    method: str
+    circuit: Circuit
+    point: dict[str, Any]  # its point on the test sweep
+    how: str
+
+
+def choose(curves: Sequence[Any], on_train: dict[str, Any], on_test: dict[str, Any], level: float, *, task: str,
+           model: str) -> tuple[list[Choice], Choice | None]:
+    """One circuit per curve (the smallest reaching ``level`` on train, else the most faithful) and the headline
+    (the smallest chosen one reaching ``level`` on test, else the most faithful)."""
+    chosen = []
+    for cv, tr, te in zip(curves, on_train["curves"], on_test["curves"], strict=True):
+        ok = [i for i, p in enumerate(tr["points"]) if p["f"] is not None and p["f"] >= level]
+        if ok:
+            i = min(ok, key=lambda j: (tr["points"][j]["edges"], -tr["points"][j]["f"]))
+            how = (f"smallest circuit on the curve with f >= {level:g} on the train split "
+                   f"({tr['points'][i]['label']})")
+        else:
+            i = max(range(len(tr["points"])), key=lambda j: tr["points"][j]["f"] or float("-inf"))
+            how = (f"no circuit reached f >= {level:g} on the train split; the most faithful one "
+                   f"({tr['points'][i]['label']})")
+        c, p = cv.circuits[i], te["points"][i]
+        c.meta.update({"method": cv.method, "task": task, "model": model, "label": p["label"],
+                       "faithfulness_test": p["f"], "faithfulness_train": tr["points"][i]["f"]})
+        chosen.append(Choice(cv.method, c, p, how))
+    reaching = [x for x in chosen if x.point["f"] is not None and x.point["f"] >= level]
+    head = None
+    if reaching:
+        head = min(reaching, key=lambda x: (x.circuit.n_edges, -x.point["f"]))
+    elif chosen:
+        head = max(chosen, key=lambda x: x.point["f"] if x.point["f"] is not None else float("-inf"))
+    return chosen, head
+
+
+# ---- the main job ------------------------------------------------------------------------------------------------
+def run_job(task_name: str, model_spec: str | None, out: str | Path | None, opts: JobOptions | None = None, *,
+            log: Callable[[str], None] = lambda s: None, progress: bool = True) -> RunSummary | None:
+    """Run the main job for ``task_name`` (a built-in name or a YAML path) and return its summary (also written to
+    ``<out>/summary.json``); ``None`` on torchrun processes other than rank 0. ``log`` receives one line per
+    finished stage."""
+    from acdc.pareto import sweep
+    from acdc.runs import run_dir
+
+    opts = opts or JobOptions()
+    if not (opts.methods or opts.score_dirs):
+        raise InputError(f"no method given; choose from {', '.join(method_names())}")
+    methods = check_methods(opts.methods, distributed=opts.distributed)
+    if not 0 < opts.level <= 1:
+        raise InputError(f"level must be in (0, 1], got {opts.level}")
+    main_rank, evaluator = True, None
+    if opts.distributed:
+        from acdc.distributed import evaluate_distributed, init_from_env
+
+        rank, _ = init_from_env()
+        main_rank, evaluator = rank == 0, evaluate_distributed
+        progress = progress and main_rank
+    t_start = time.perf_counter()
+    prep = prepare(task_name, model_spec, n=opts.n, seed=opts.seed, counterfactual=opts.counterfactual,
+                   dataset=opts.dataset, ablation=opts.ablation, device_map=opts.device_map)
+    model, graph, train, test = prep.model, prep.graph, prep.data["train"], prep.data["test"]
+    timings: dict[str, Any] = {"methods": {}, **prep.timings}
+    log(f"model {prep.spec}: {model.cfg.n_layers} layers x {model.cfg.n_heads} heads, {graph.n_edges} edges "
+        f"({timings['model_s']:.1f} s)")
+    log(f"task {prep.task.name}: {len(train)} train / {len(test)} test prompts; metric {train.description}")
+    folder = run_dir(prep.task.name, "run", out) if main_rank else Path(".")
+
+    runs = run_methods(prep, methods, opts, progress=progress, log=log)
+    timings["methods"] = runs.seconds
+
     t0 = time.perf_counter()
-    info = {"task": task.name, "model": spec}
-    on_train = None
-    if opts.circuits:  # choosing circuits needs their train-split faithfulness
-        on_train = sweep(model, graph, train, curves, ablation=ablation, batch=opts.batch, n_boot=0,
-                         progress=progress, info=info, evaluator=evaluator)
-    pareto = sweep(model, graph, test, curves, ablation=ablation, batch=opts.batch, n_boot=opts.bootstrap,
-                   seed=opts.seed, progress=progress, info=info, evaluator=evaluator)
+    info = {"task": prep.task.name, "model": prep.spec}
+    kw: dict[str, Any] = {"ablation": prep.ablation, "batch": opts.batch, "progress": progress, "info": info,
+                          "evaluator": evaluator}
+    on_train = sweep(model, graph, train, runs.curves, n_boot=0, **kw) if opts.circuits else None
+    pareto = sweep(model, graph, test, runs.curves, n_boot=opts.bootstrap, seed=prep.seed, **kw)
     if not main_rank:  # every rank took part in the sweeps; rank 0 alone chooses, draws and writes
-        return {}
+        return None
     timings["sweep_s"] = round(time.perf_counter() - t0, 2)
     n_points = sum(len(c["points"]) for c in pareto["curves"])
     log(f"sweep: {n_points} circuits on {len(train)} train + {len(test)} test prompts ({timings['sweep_s']:.1f} s)")
     _json(folder / "pareto.json", pareto)
+    chosen, head = choose(runs.curves, on_train, pareto, opts.level, task=prep.task.name, model=prep.spec) \
+        if on_train is not None else ([], None)
+    return write_run(folder, prep, opts, runs, pareto, chosen, head, timings, t_start)
 
-    chosen = []
-    for cv, tr, te in zip(curves, on_train["curves"] if on_train else [], pareto["curves"], strict=False):
-        ok = [i for i, p in enumerate(tr["points"]) if p["f"] is not None and p["f"] >= opts.level]
-        if ok:
-            i = min(ok, key=lambda j: (tr["points"][j]["edges"], -tr["points"][j]["f"]))
-            how = (f"smallest circuit on the curve with f >= {opts.level:g} on the train split "
-                   f"({tr['points'][i]['label']})")
-        else:
-            i = max(range(len(tr["points"])), key=lambda j: tr["points"][j]["f"] or float("-inf"))
-            how = (f"no circuit reached f >= {opts.level:g} on the train split; the most faithful one "
-                   f"({tr['points'][i]['label']})")
-        c, p = cv.circuits[i], te["points"][i]
-        c.meta.update({"method": cv.method, "task": task.name, "model": spec, "label": p["label"],
-                       "faithfulness_test": p["f"], "faithfulness_train": tr["points"][i]["f"]})
-        chosen.append((cv.method, c, p, how))
-    reaching = [x for x in chosen if x[2]["f"] is not None and x[2]["f"] >= opts.level]
-    head = None
-    if reaching:
-        head = min(reaching, key=lambda x: (x[1].n_edges, -x[2]["f"]))
-    elif chosen:
-        head = max(chosen, key=lambda x: x[2]["f"] if x[2]["f"] is not None else float("-inf"))
 
-    # ---- files -------------------------------------------------------------------------------------------------
+# ---- stage 4: write ----------------------------------------------------------------------------------------------
+def write_run(folder: Path, prep: Prepared, opts: JobOptions, runs: MethodRuns, pareto: dict[str, Any],
+              chosen: list[Choice], head: Choice | None, timings: dict[str, Any], t_start: float) -> RunSummary:
+    """Every file of a run folder; returns the summary written to ``summary.json``."""
+    from acdc.runs import versions, write_run_yaml
+
     t0 = time.perf_counter()
+    task, spec, graph, train, test = prep.task, prep.spec, prep.graph, prep.data["train"], prep.data["test"]
     (folder / "circuits").mkdir(exist_ok=True)
     circuits_doc = []
-    for method, c, p, how in chosen:
-        stem = folder / "circuits" / method
+    for ch in chosen:
+        c, p = ch.circuit, ch.point
+        stem = folder / "circuits" / ch.method
         c.save(stem.with_suffix(".json"))
-        entry: dict[str, Any] = {
-            "method": method, "edges": c.n_edges, "nodes": len(c.nodes()), "f": p["f"], "f_ci": p["f_ci"],
-            "kl": p["kl"], "kl_ci": p["kl_ci"], "how": how, "label": p["label"],
-            "json": f"circuits/{method}.json", "top_edges": _top_edges(c),
-        }
+        entry = ChosenCircuit(ch.method, c.n_edges, len(c.nodes()), p["f"], p["f_ci"], p["kl"], p["kl_ci"], ch.how,
+                              p["label"], f"circuits/{ch.method}.json", _top_edges(c))
         if opts.draw:
-            _draw(c, stem, f"{method} circuit for {task.name} on {spec}: {c.n_edges} edges, f = {p['f']:.3f} (test)",
-                  entry, "circuits/")
+            from acdc.export.circuit import draw_circuit
+
+            title = f"{ch.method} circuit for {task.name} on {spec}: {c.n_edges} edges, f = {p['f']:.3f} (test)"
+            for path in draw_circuit(c, stem, title=title):
+                entry.images[path.suffix.lstrip(".")] = "circuits/" + path.name
         circuits_doc.append(entry)
     images: dict[str, str] = {}
     if opts.draw:
@@ -239,101 +298,58 @@ def run_job(task_name: str, model_spec: str | None, out: str | Path | None, opts
         images.update({"pareto_svg": "pareto.svg", "pareto_png": "pareto.png"})
         for ext in ("svg", "png") if head else ():
             assert head is not None
-            src = folder / "circuits" / f"{head[0]}.{ext}"
+            src = folder / "circuits" / f"{head.method}.{ext}"
             if src.exists():
                 tmp = folder / f".circuit.{ext}.tmp"
                 shutil.copyfile(src, tmp)
                 tmp.replace(folder / f"circuit.{ext}")
                 images[f"circuit_{ext}"] = f"circuit.{ext}"
+    notes = list(runs.notes)
     if opts.mib:
-        _mib(folder, graph, rankings, task.name, spec, int(model.cfg.d_model), train.metric != "kl", notes)
+        _mib(folder, graph, runs.rankings, task.name, spec, int(prep.model.cfg.d_model), train.metric != "kl", notes)
     timings["export_s"] = round(time.perf_counter() - t0, 2)
     timings["total_s"] = round(time.perf_counter() - t_start, 2)
 
-    summary: dict[str, Any] = {
-        "format": RUN_FORMAT, "task": task.name, "task_description": task.description, "model": spec,
-        "graph": {"writers": graph.n_src, "readers": graph.n_dst, "edges": graph.n_edges,
-                  "n_layers": graph.n_layers, "n_heads": graph.n_heads},
-        "data": {"train": _data_info(train), "test": _data_info(test)},
-        "metric": train.description, "ablation": ablation, "seed": opts.seed, "bootstrap": opts.bootstrap,
-        "level": opts.level, "created": _now(), "versions": versions(), "command": opts.command,
-        "timings": timings, "baseline": pareto["baseline"], "pareto": pareto, "circuits": circuits_doc,
-        "headline": head[0] if head else None, "images": images, "notes": notes,
-    }
-    _json(folder / "summary.json", summary)
+    summary = RunSummary(
+        task=task.name, task_description=task.description, model=spec,
+        graph={"writers": graph.n_src, "readers": graph.n_dst, "edges": graph.n_edges, "n_layers": graph.n_layers,
+               "n_heads": graph.n_heads},
+        data={"train": _data_info(train), "test": _data_info(test)}, metric=train.description,
+        ablation=prep.ablation, seed=prep.seed, bootstrap=opts.bootstrap, level=opts.level,
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), versions=versions(),
+        command=opts.command, timings=timings, baseline=pareto["baseline"], pareto=pareto, circuits=circuits_doc,
+        headline=head.method if head else None, images=images, notes=notes, folder=str(folder))
+    _json(folder / "summary.json", summary.as_dict())
     write_run_yaml(folder, {"command": "run", "task": task.name, "task_file": str(task.path) if task.path else None,
-                            "model": spec, "methods": list(opts.methods), "ablation": ablation, "seed": opts.seed,
+                            "model": spec, "methods": list(opts.methods), "ablation": prep.ablation, "seed": prep.seed,
                             "n": opts.n, "bootstrap": opts.bootstrap, "level": opts.level,
                             "train": dict(train.info), "test": dict(test.info), "timings": timings})
     if opts.report and opts.circuits:
         from acdc.export.report import write_report
 
         write_report(folder)
-    summary["folder"] = str(folder)
     return summary
 
 
-def _acdc_plan(model: Any, graph: Graph, data: Any, ablation: str, opts: JobOptions, notes: list[str]
-               ) -> list[float]:
-    """The ACDC thresholds that fit the time budget: one search evaluates about one candidate per edge; a
-    candidate's cost is measured on the full circuit (an upper bound: the circuit only gets sparser)."""
-    from acdc.arch import get_arch
-    from acdc.incremental import Incremental
-    from acdc.patching import ablation_cache
-
-    arch = get_arch(model)
-    cache = ablation_cache(model, graph, data.corrupt if ablation != "zero" else None, ablation)  # type: ignore[arg-type]
-    edges = graph.valid.nonzero().tolist()
-    sample = edges[:: max(1, len(edges) // 12)][:12]
-    with torch.no_grad():
-        engine = Incremental(arch, graph, data.clean.to(arch.device), cache, data)
-        engine.reset(graph.valid)
-        t0 = time.perf_counter()
-        for u, r in sample:
-            trial = graph.valid.clone()
-            trial[u, r] = False
-            engine.propagate(trial.unsqueeze(0), {r})
-        per = (time.perf_counter() - t0) / len(sample)
-    per_search = per * graph.n_edges
-    fit = int(opts.acdc_budget_s // max(per_search, 1e-9))
-    thresholds = list(opts.acdc_thresholds)
-    if fit < len(thresholds):
-        if fit == 0:
-            notes.append(f"acdc skipped: one search needs about {per_search:.0f} s ({graph.n_edges} edges x "
-                         f"{per * 1e3:.0f} ms per candidate), over the budget of {opts.acdc_budget_s:.0f} s "
-                         "(raise it with --acdc-budget)")
-            return []
-        step = len(thresholds) / fit
-        thresholds = [thresholds[int(i * step)] for i in range(fit)]
-        notes.append(f"acdc: {fit} of {len(opts.acdc_thresholds)} thresholds fit the budget of "
-                     f"{opts.acdc_budget_s:.0f} s (~{per_search:.0f} s per search)")
-    return thresholds
+def _json(path: Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=1, default=float))
 
 
-def _draw(c: Circuit, stem: Path, title: str, entry: dict[str, Any], prefix: str) -> None:
-    from acdc.export.circuit import draw_circuit
-
-    for path in draw_circuit(c, stem, title=title):
-        entry[path.suffix.lstrip(".")] = prefix + path.name
-
-
-def _mib(folder: Path, graph: Graph, rankings: dict[str, torch.Tensor], task: str, model: str, d_model: int,
-         higher_is_better: bool, notes: list[str]) -> None:
+def _mib(folder: Path, graph: Graph, rankings: dict[str, tuple[str, torch.Tensor]], task: str, model: str,
+         d_model: int, higher_is_better: bool, notes: list[str]) -> None:
     """Each ranking in MIB's submission layout (``mib/<method>/<task>_<model>/importances.json``). MIB's names are
     used where the task and model are MIB's (strict checks), else ours (e.g. ``ioi_toy-ioi``)."""
-    import re
-
     from acdc.export.mib import MIB_MODELS, MIB_TASKS, export_mib
 
     name = re.sub(r"[^a-z0-9.-]+", "-", model.lower().removeprefix("zoo:")).strip("-")
     strict = name in MIB_MODELS and task in MIB_TASKS
-    for method, scores in rankings.items():
-        # edge-pruning's ranking is a keep probability (larger = keep); MIB's scores: larger = supports the task
-        ours = -scores if method == "edge-pruning" else scores
+    for method, (sense, scores) in rankings.items():
+        # a keep probability (larger = keep) is negated into MIB's sense (larger = supports the task)
+        keep = sense == "keep"
         try:
-            export_mib(folder / "mib", graph, scores=ours, method=re.sub(r"[^A-Za-z0-9._+-]+", "-", method),
-                       task=task, model=name, d_model=d_model, strict=strict,
-                       higher_is_better=higher_is_better or method == "edge-pruning")
+            export_mib(folder / "mib", graph, scores=-scores if keep else scores,
+                       method=re.sub(r"[^A-Za-z0-9._+-]+", "-", method), task=task, model=name, d_model=d_model,
+                       strict=strict, higher_is_better=higher_is_better or keep)
         except InputError as e:
             notes.append(f"MIB export of {method} skipped: {e}")
 
@@ -347,40 +363,134 @@ def _top_edges(c: Circuit, k: int = 10) -> list[list[Any]]:
     return [[names[i], vals[i]] for i in order]
 
 
-def _data_info(d: Any) -> dict[str, Any]:
+def _data_info(d: TaskData) -> dict[str, Any]:
     return {**{k: v for k, v in d.info.items() if isinstance(v, (str, int, float, bool)) or v is None},
             "n": len(d), "tokens": int(d.clean.shape[1])}
 
 
-def _now() -> str:
-    import datetime as dt
+# ---- acdc scores -------------------------------------------------------------------------------------------------
+@dataclass
+class ScoresResult:
+    """What :func:`scores_job` computed and wrote."""
 
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def summary_table(summary: dict[str, Any]) -> list[str]:
-    """The per-method table ``acdc run`` prints: chosen circuit, its test f with interval, CPR, CMD, edges needed."""
-    by = {s["method"]: s for s in summary["pareto"]["summary"]}
-    lines = [f"{'method':<14}{'edges':>6}  {'f (test) [95% CI]':<24}{'CPR':>7}{'CMD':>7}   edges for f>=0.8/0.9/0.99"
-             f"{'time':>9}"]
-    for c in summary["circuits"]:
-        s = by.get(c["method"], {})
-        ci = f"[{c['f_ci'][0]:.3f}, {c['f_ci'][1]:.3f}]" if c.get("f_ci") else ""
-        need = "/".join("-" if v is None else str(v) for v in s.get("edges_for", {}).values())
-        cpr = "n/a" if s.get("cpr") is None else f"{s['cpr']:.3f}"
-        cmd = "n/a" if s.get("cmd") is None else f"{s['cmd']:.3f}"
-        t = summary["timings"]["methods"].get(c["method"], 0.0)
-        lines.append(f"{c['method']:<14}{c['edges']:>6}  {c['f']:.3f} {ci:<18}{cpr:>7}{cmd:>7}   {need:<24}{t:>8.1f}s")
-    return lines
+    scores: Any  # EdgeScores
+    prep: Prepared
+    split: str
+    folder: Path | None  # None on torchrun processes other than rank 0
+    seconds: float
+    batch_size: int
+    processes: int = 1
+    memory_note: str | None = None
 
 
-def sweep_scores_dirs(dirs: Sequence[str | Path], graph: Graph) -> dict[str, torch.Tensor]:
-    """Rankings saved by ``acdc scores`` (folders with scores.safetensors), keyed by their method."""
-    from acdc.attribution import EdgeScores
+def scores_job(task_name: str, model_spec: str | None, out: str | Path | None, method: str, *, split: str = "train",
+               n: int | None = None, seed: int | None = None, counterfactual: str | None = None,
+               dataset: str | None = None, ablation: str | None = None, steps: int = 5, level: str = "edge",
+               batch_size: int = 32, max_memory: str | None = None, distributed: bool = False,
+               device_map: str | dict[str, Any] | None = None, progress: bool = True) -> ScoresResult:
+    """Score every edge (or node) of the task's graph with an attribution method and write ``scores.safetensors``,
+    ``top_edges.json`` and ``run.yaml``. ``max_memory`` (e.g. ``4GiB``) sets the batch size from the memory
+    estimate; ``distributed`` splits the prompts over the processes of a torchrun launch (rank 0 writes)."""
+    from acdc.attribution import attribute
+    from acdc.runs import run_dir, write_run_yaml
 
-    out: dict[str, torch.Tensor] = {}
-    for d in dirs:
-        s = EdgeScores.load(d, graph)
-        name = s.method if s.method not in out else f"{s.method} ({Path(d).name})"
-        out[name] = s.scores
-    return out
+    m = get_method(method)
+    if not m.attribution:
+        raise InputError(f"{method} is not an attribution method; choose one of "
+                         f"{', '.join(method_names(attribution=True))} (or use `acdc discover --method {method}`)")
+    prep = prepare(task_name, model_spec, splits=(split,), n=n, seed=seed, counterfactual=counterfactual,
+                   dataset=dataset, ablation=ablation, device_map=device_map)
+    data, graph, model = prep.data[split], prep.graph, prep.model
+    rank, world = 0, 1
+    if distributed:
+        from acdc.arch import get_arch
+        from acdc.distributed import init_from_env
+
+        rank, world = init_from_env(device=get_arch(model).device)
+    note = None
+    if max_memory is not None:
+        from acdc.memory import batch_for_budget
+
+        batch_size, note = batch_for_budget(max_memory, model, data, method, n_writers=graph.n_src,
+                                            ablation=prep.ablation, processes=world)
+    t0 = time.perf_counter()
+    if distributed:
+        from acdc.distributed import attribute_distributed, shutdown
+
+        try:
+            result = attribute_distributed(model, graph, data, method, ablation=prep.ablation, steps=steps,
+                                           level=level, batch_size=batch_size, progress=progress and rank == 0)
+        finally:
+            shutdown()
+    else:
+        result = attribute(model, graph, data, method, ablation=prep.ablation, steps=steps,  # type: ignore[arg-type]
+                           level=level, batch_size=batch_size, progress=progress)  # type: ignore[arg-type]
+    seconds = time.perf_counter() - t0
+    folder = None
+    if rank == 0:
+        folder = run_dir(prep.task.name, method, out)
+        result.save(folder)
+        write_run_yaml(folder, {
+            "command": "scores", "task": prep.task.name, "task_file": str(prep.task.path) if prep.task.path else None,
+            "model": prep.spec, "method": result.method, "level": level, "steps": steps, "ablation": prep.ablation,
+            "data": dict(data.info), "batch_size": batch_size, "seconds": round(seconds, 3),
+            **({"max_memory": max_memory} if max_memory else {}),
+            "graph": {"writers": graph.n_src, "readers": graph.n_dst, "edges": graph.n_edges},
+            **({"processes": world} if distributed else {}),
+        })
+    return ScoresResult(result, prep, split, folder, seconds, batch_size, world, note)
+
+
+# ---- acdc discover -----------------------------------------------------------------------------------------------
+@dataclass
+class DiscoverResult:
+    """What :func:`discover_job` found, its test evaluation and where it was written."""
+
+    circuit: Circuit
+    outcome: Any  # acdc.methods.Outcome
+    evaluation: dict[str, float]
+    prep: Prepared
+    folder: Path
+    seconds: float
+
+
+def discover_job(task_name: str, model_spec: str | None, out: str | Path | None, method: str, *,
+                 threshold: float | None = None, edges: int | None = None, target: float = 0.9,
+                 selector: str = "greedy", refine: bool = True, n: int | None = None, seed: int | None = None,
+                 counterfactual: str | None = None, dataset: str | None = None, ablation: str | None = None,
+                 steps: int | None = None, device_map: str | dict[str, Any] | None = None,
+                 progress: bool = True) -> DiscoverResult:
+    """Find a circuit on the train split with any registered method, evaluate it exactly on the test split, and
+    write ``circuit.json``, the method's scores (where it has them) and ``run.yaml``. An interrupted ``acdc``
+    search resumes from ``<out>/search.json``."""
+    from acdc.evaluate import evaluate_circuits
+    from acdc.runs import run_dir, write_run_yaml
+
+    m = check_controls(method, threshold=threshold, edges=edges)
+    prep = prepare(task_name, model_spec, n=n, seed=seed, counterfactual=counterfactual, dataset=dataset,
+                   ablation=ablation, device_map=device_map)
+    train, test = prep.data["train"], prep.data["test"]
+    folder = run_dir(prep.task.name, method, out)
+    options: dict[str, Any] = {}
+    if m.name == "acdc":
+        options["checkpoint"] = folder / "search.json"
+    if m.name == "hybrid":
+        options["refine"] = refine
+    t0 = time.perf_counter()
+    circuit, outcome = find_circuit(prep.model, prep.graph, train, method, threshold=threshold, edges=edges,
+                                    target=target, selector=selector, ablation=prep.ablation, seed=prep.seed,
+                                    steps=steps, progress=progress, **options)
+    seconds = time.perf_counter() - t0
+    ev = evaluate_circuits(prep.model, prep.graph, test, [circuit], ablation=prep.ablation)[0]
+    circuit.meta.update({"task": prep.task.name, "model": prep.spec, "faithfulness_test": ev["faithfulness"]})
+    circuit.save(folder / "circuit.json")
+    if outcome.scores is not None:
+        outcome.scores.save(folder)
+    write_run_yaml(folder, {
+        "command": "discover", "task": prep.task.name, "task_file": str(prep.task.path) if prep.task.path else None,
+        "model": prep.spec, "method": method, "threshold": threshold, "edges_requested": edges, "selector": selector,
+        "seed": prep.seed, "target_faithfulness": target if m.name == "hybrid" else None, "ablation": prep.ablation,
+        "train": dict(train.info), "test": dict(test.info), "seconds": round(seconds, 3),
+        "cost": outcome.cost.as_dict(), "result": {"edges": circuit.n_edges, **{k: round(v, 6) for k, v in ev.items()}},
+    })
+    return DiscoverResult(circuit, outcome, ev, prep, folder, seconds)

@@ -7,8 +7,8 @@ faithfulness
 
     f(C) = (M(C) - M(empty)) / (M(full) - M(empty))
 
-(prompt-averaged metric values first, then the ratio) and KL(full || C) come with 95% bootstrap intervals: prompts
-are resampled with replacement, f and KL recomputed per resample, and the 2.5/97.5 percentiles reported.
+(prompt-averaged metric values first, then the ratio) and KL(full || C) come with 95% bootstrap intervals (all
+computed by acdc.evaluate, the one evaluator).
 
 Summaries (Mueller et al. 2025, MIB): CPR = area under f over the edge fraction and CMD = area under |1 - f|, both by
 the trapezoid rule on MIB's grid of fractions (0.001 ... 1, linear x, circuits of ``int(fraction * edges)`` edges);
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from acdc.errors import InputError
+from acdc.evaluate import Evaluation, evaluate_masks, faithfulness_ci
 from acdc.graph import Circuit, Graph
 from acdc.types import TaskData
 
@@ -52,116 +53,6 @@ def log_sizes(n_edges: int, per_decade: int = 6) -> list[int]:
 def size_grid(n_edges: int, per_decade: int = 6, mib: bool = True) -> list[int]:
     """The sweep's sizes: the log grid, plus MIB's grid when ``mib`` (sizes may include 0: the empty circuit)."""
     return sorted(set(log_sizes(n_edges, per_decade)) | (set(mib_sizes(n_edges)) if mib else set()))
-
-
-# ---- exact per-prompt evaluation ----------------------------------------------------------------------------------
-@dataclass
-class Evaluation:
-    """Per-prompt values of K circuits on one dataset: ``metric`` and ``kl`` are ``[K, B]``; ``full``/``empty``
-    ``[B]`` are the metric of the full and the empty circuit."""
-
-    metric: torch.Tensor
-    kl: torch.Tensor
-    full: torch.Tensor
-    empty: torch.Tensor
-
-
-def evaluate_masks(
-    model: Any,
-    graph: Graph,
-    data: TaskData,
-    masks: Sequence[torch.Tensor],
-    *,
-    ablation: str = "patch",
-    batch: int = 16,
-    max_elements: int = 2**27,
-    progress: Callable[[float], None] | None = None,
-    precomputed: Any = None,
-) -> Evaluation:
-    """Evaluate circuits given as ``[n_src, n_dst]`` masks exactly, ``batch`` masks per masked forward.
-
-    Prompts are processed in chunks so that ``masks x prompts x positions x vocabulary`` logits stay below
-    ``max_elements``; ``patch`` ablation takes each chunk's counterfactual prompts, ``mean`` the mean over all of
-    them (or ``precomputed``, a mean/zero ablation cache computed elsewhere, e.g. over every process's prompts).
-    ``progress(k)`` is called after every pass with the number of masks it evaluated.
-    """
-    from acdc.arch import get_arch
-    from acdc.metrics import kl_divergence, task_metric
-    from acdc.patching import _check_graph, _masked, _plain, ablation_cache
-
-    arch = get_arch(model)
-    _check_graph(graph, arch)
-    if batch < 1:
-        raise InputError(f"batch must be at least 1, got {batch}")
-    all_masks = [graph.valid, torch.zeros_like(graph.valid)] + [m.bool() for m in masks]
-    n, p = data.clean.shape
-    per_prompt = batch * p * int(getattr(model.cfg, "d_vocab", 50257))
-    chunk = max(1, min(n, max_elements // max(per_prompt, 1)))
-    shared = None
-    if precomputed is not None:
-        if precomputed.ablation != ablation or ablation == "patch":
-            raise InputError(f"a precomputed cache is for mean or zero ablation matching the ablation; got a "
-                             f"{precomputed.ablation} cache for ablation {ablation}")
-        shared = precomputed
-    elif ablation == "mean":
-        shared = ablation_cache(model, graph, data.corrupt.to(arch.device), "mean")
-    elif ablation == "zero":
-        shared = ablation_cache(model, graph, None, "zero")
-    elif ablation != "patch":
-        raise InputError(f"unknown ablation '{ablation}'; choose one of patch, mean, zero")
-    values = torch.zeros(len(all_masks), n, dtype=torch.float64)
-    kls = torch.zeros(len(all_masks), n, dtype=torch.float64)
-    with torch.no_grad():
-        for lo in range(0, n, chunk):
-            hi = min(n, lo + chunk)
-            sub = _rows(data, lo, hi)
-            clean = sub.clean.to(arch.device)
-            cache = shared if shared is not None else ablation_cache(model, graph, sub.corrupt.to(arch.device),
-                                                                     "patch")
-            ref = _plain(arch, clean)[0]
-            for i in range(0, len(all_masks), batch):
-                m = torch.stack(all_masks[i : i + batch]).to(device=arch.device, dtype=arch.dtype)
-                logits = _masked(arch, graph, clean, cache, m)
-                values[i : i + len(m), lo:hi] = task_metric(sub, logits, ref).double().cpu()
-                kls[i : i + len(m), lo:hi] = kl_divergence(logits, ref, sub.positions).double().cpu()
-                if progress is not None:
-                    progress(len(m) * (hi - lo) / n)
-    return Evaluation(values[2:], kls[2:].clamp_min(0.0), values[0], values[1])
-
-
-def _rows(data: TaskData, lo: int, hi: int) -> TaskData:
-    return TaskData(clean=data.clean[lo:hi], corrupt=data.corrupt[lo:hi], positions=data.positions[lo:hi],
-                    answers=data.answers[lo:hi], wrong=None if data.wrong is None else data.wrong[lo:hi],
-                    metric=data.metric, description=data.description)
-
-
-# ---- bootstrap -------------------------------------------------------------------------------------------------------
-def resample_weights(n: int, n_boot: int, seed: int = 0) -> torch.Tensor:
-    """``[n_boot, n]`` weights: row r averages the prompts of bootstrap resample r (counts / n)."""
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(n, (n_boot, n), generator=g)
-    w = torch.zeros(n_boot, n, dtype=torch.float64)
-    w.scatter_add_(1, idx, torch.ones(n_boot, n, dtype=torch.float64))
-    return w / n
-
-
-def faithfulness_ci(ev: Evaluation, n_boot: int = 1000, seed: int = 0, level: float = 0.95
-                    ) -> dict[str, torch.Tensor]:
-    """f and KL of every circuit with percentile bootstrap intervals: ``{"f", "f_lo", "f_hi", "kl", "kl_lo",
-    "kl_hi"}``, each ``[K]``. ``n_boot=0`` gives the point values only (intervals NaN)."""
-    full, empty = ev.full.mean(), ev.empty.mean()
-    f = (ev.metric.mean(1) - empty) / (full - empty)
-    kl = ev.kl.mean(1)
-    nan = torch.full_like(f, float("nan"))
-    if n_boot <= 0:
-        return {"f": f, "f_lo": nan, "f_hi": nan, "kl": kl, "kl_lo": nan, "kl_hi": nan}
-    w = resample_weights(ev.metric.shape[1], n_boot, seed)  # [R, B]
-    fr = ((ev.metric @ w.T) - (w @ ev.empty)) / ((w @ ev.full) - (w @ ev.empty))  # [K, R]
-    kr = ev.kl @ w.T
-    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
-    fq = torch.nanquantile(fr, q, dim=1)
-    kq = torch.quantile(kr, q, dim=1)
-    return {"f": f, "f_lo": fq[0], "f_hi": fq[1], "kl": kl, "kl_lo": kq[0], "kl_hi": kq[1]}
 
 
 # ---- summaries -------------------------------------------------------------------------------------------------------

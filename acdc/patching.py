@@ -55,7 +55,8 @@ class AblationCache:
 
 
 # ---- input checks ---------------------------------------------------------------------------------------------------
-def _check_tokens(name: str, tokens: Any, arch: Arch, model: Any) -> torch.Tensor:
+def check_tokens(name: str, tokens: Any, arch: Arch, model: Any) -> torch.Tensor:
+    """``tokens`` as a long tensor on the model's device, or a one-line :class:`ShapeError` naming ``name``."""
     if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.dtype not in (torch.long, torch.int):
         shape = list(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
         raise ShapeError(f"{name} must be an integer tensor of token ids [batch, pos], got {shape}")
@@ -85,7 +86,8 @@ def _check_masks(masks: Any, graph: Graph, arch: Arch) -> tuple[torch.Tensor, bo
     return m.to(arch.device), single
 
 
-def _check_graph(graph: Graph, arch: Arch) -> None:
+def check_graph(graph: Graph, arch: Arch) -> None:
+    """Refuse a graph built for another model (one line)."""
     if (graph.n_layers, graph.n_heads, graph.n_kv_heads) != (arch.n_layers, arch.n_heads, arch.n_kv_heads):
         raise ShapeError(
             f"graph {graph.signature()} does not belong to this model "
@@ -101,14 +103,15 @@ def run_with_writers(model: Any, tokens: torch.Tensor) -> tuple[torch.Tensor, Ab
     Returns ``(logits [B, P, V], cache)``; ``cache`` (ablation ``patch``) is what a counterfactual run provides.
     """
     arch = get_arch(model)
-    tokens = _check_tokens("tokens", tokens, arch, model)
+    tokens = check_tokens("tokens", tokens, arch, model)
     with torch.no_grad():
-        return _plain(arch, tokens)
+        return plain_forward(arch, tokens)
 
 
-def _plain(arch: Arch, tokens: torch.Tensor, *, logits: bool = True) -> tuple[torch.Tensor, AblationCache]:
-    """See :func:`run_with_writers`; with ``logits=False`` the unembedding (the largest matmul of a small-batch
-    forward) is skipped and an empty tensor stands in for the logits."""
+def plain_forward(arch: Arch, tokens: torch.Tensor, *, logits: bool = True) -> tuple[torch.Tensor, AblationCache]:
+    """The unchecked :func:`run_with_writers` for library callers that validated their inputs; with
+    ``logits=False`` the unembedding (the largest matmul of a small-batch forward) is skipped and an empty tensor
+    stands in for the logits."""
     B, P = tokens.shape
     H, G, dh, L = arch.n_heads, arch.n_kv_heads, arch.d_head, arch.n_layers
     S = 1 + L * (H + 1)
@@ -148,7 +151,7 @@ def ablation_cache(
     - ``zero``: zero (``tokens`` unused); the residual keeps only the constant biases.
     """
     arch = get_arch(model)
-    _check_graph(graph, arch)
+    check_graph(graph, arch)
     if ablation not in ABLATIONS:
         raise InputError(f"unknown ablation '{ablation}'; choose one of {', '.join(ABLATIONS)}")
     if ablation == "zero":
@@ -167,9 +170,9 @@ def ablation_cache(
         raise InputError(
             f"ablation '{ablation}' needs prompts: counterfactual prompts for 'patch', reference prompts for 'mean'"
         )
-    tokens = _check_tokens("tokens", tokens, arch, model)
+    tokens = check_tokens("tokens", tokens, arch, model)
     with torch.no_grad():
-        _, cache = _plain(arch, tokens, logits=False)  # only the writers are needed
+        _, cache = plain_forward(arch, tokens, logits=False)  # only the writers are needed
     if ablation == "mean":
         return AblationCache(
             "mean",
@@ -179,6 +182,23 @@ def ablation_cache(
             cache.base_final.mean(0, keepdim=True),
         )
     return cache
+
+
+def shared_cache(
+    model: Any, graph: Graph, reference: torch.Tensor | None, ablation: str, precomputed: AblationCache | None = None,
+) -> AblationCache | None:
+    """The ablation cache shared by every batch of a run: ``mean`` over ``reference`` (or ``precomputed``, e.g. the
+    mean over every process's prompts), ``zero``; ``None`` for ``patch``, whose cache is per batch."""
+    if ablation not in ABLATIONS:
+        raise InputError(f"unknown ablation '{ablation}'; choose one of {', '.join(ABLATIONS)}")
+    if precomputed is not None:
+        if precomputed.ablation != ablation or ablation == "patch":
+            raise InputError(f"a precomputed cache is for mean or zero ablation matching the ablation; got a "
+                             f"{precomputed.ablation} cache for ablation {ablation}")
+        return precomputed
+    if ablation == "patch":
+        return None
+    return ablation_cache(model, graph, reference, ablation)  # type: ignore[arg-type]
 
 
 # ---- the masked pass ----------------------------------------------------------------------------------------------
@@ -261,10 +281,10 @@ def masked_forward(
         logits ``[K, B, P, V]`` (or ``[B, P, V]`` for a single 2-D mask).
     """
     arch = get_arch(model)
-    _check_graph(graph, arch)
+    check_graph(graph, arch)
     if getattr(model, "training", False):
         raise InputError("model is in training mode (dropout on); call model.eval() first")
-    clean = _check_tokens("clean", clean, arch, model)
+    clean = check_tokens("clean", clean, arch, model)
     m, single = _check_masks(masks, graph, arch)
     if isinstance(corrupt, AblationCache):
         cache = corrupt
@@ -281,18 +301,19 @@ def masked_forward(
             f"ablation cache is for batch {cache.batch} x {cache.n_pos} positions, clean is {B} x {P}"
         )
     m = m * graph.valid.to(m.device, m.dtype)
-    logits = _masked(arch, graph, clean, cache, m)
+    logits = masked_forward_unchecked(arch, graph, clean, cache, m)
     return logits[0] if single else logits
 
 
-def _masked(
+def masked_forward_unchecked(
     arch: Arch,
     graph: Graph,
     clean: torch.Tensor,
     cache: AblationCache,
     m: torch.Tensor,
 ) -> torch.Tensor:
-    """The masked pass: logits ``[K, B, P, V]`` of the K masks ``m [K, n_src, n_dst]``."""
+    """The masked pass without input checks, for library callers that validated their inputs once (searches,
+    sweeps): logits ``[K, B, P, V]`` of the K masks ``m [K, n_src, n_dst]`` (floating, on the model's device)."""
     K = m.shape[0]
     B, P = clean.shape
     H, G, dh, d, L = arch.n_heads, arch.n_kv_heads, arch.d_head, arch.d_model, arch.n_layers

@@ -40,3 +40,25 @@ class TaskData:
 
     def __len__(self) -> int:
         return int(self.clean.shape[0])
+
+    def rows(self, lo: int, hi: int) -> TaskData:
+        """Prompts ``lo:hi`` with every field kept (tensors, lengths and texts sliced; info copied, with the range
+        recorded under ``info["rows"]``)."""
+        return TaskData(
+            clean=self.clean[lo:hi], corrupt=self.corrupt[lo:hi], positions=self.positions[lo:hi],
+            answers=self.answers[lo:hi], wrong=None if self.wrong is None else self.wrong[lo:hi], metric=self.metric,
+            description=self.description, lengths=None if self.lengths is None else self.lengths[lo:hi],
+            texts=None if self.texts is None else list(self.texts[lo:hi]),
+            info={**self.info, "rows": {"lo": lo, "hi": hi, "of": len(self)}},
+        )
+
+    def take(self, index: torch.Tensor) -> TaskData:
+        """The prompts at ``index`` (a 1-D tensor of prompt indices), every field kept."""
+        idx = index.tolist()
+        return TaskData(
+            clean=self.clean[index], corrupt=self.corrupt[index], positions=self.positions[index],
+            answers=self.answers[index], wrong=None if self.wrong is None else self.wrong[index], metric=self.metric,
+            description=self.description, lengths=None if self.lengths is None else self.lengths[index],
+            texts=None if self.texts is None else [self.texts[i] for i in idx],
+            info={**self.info, "rows": {"index": idx, "of": len(self)}},
+        )

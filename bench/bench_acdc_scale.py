@@ -16,7 +16,7 @@ import torch
 
 from acdc import Graph
 from acdc.models import random_gpt2
-from acdc.search import acdc_search
+from acdc.methods import acdc_search
 from acdc.types import TaskData
 
 SHAPES = [  # (layers, heads, d_model, vocab, prompts, positions, threshold)

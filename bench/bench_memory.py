@@ -101,7 +101,7 @@ def child(cfg: dict[str, Any], method: str, steps: int, threads: int) -> None:
     except OSError:
         reset = False
     if method == "acdc":
-        from acdc.search import acdc_search
+        from acdc.methods import acdc_search
 
         acdc_search(model, graph, data, cfg.get("tau", ACDC_TAU), ablation=ablation, progress=False)
     else:

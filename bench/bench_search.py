@@ -14,7 +14,8 @@ import time
 import torch
 
 from acdc import Graph, attribute, get_task, load_model
-from acdc.search import acdc_search, edge_pruning, evaluate_circuits, hybrid_search
+from acdc.evaluate import evaluate_circuits
+from acdc.methods import acdc_search, edge_pruning, hybrid_search
 from acdc.selection import greedy
 
 

@@ -260,45 +260,87 @@ def parse_device_map(value: str | None) -> str | dict[str, Any] | None:
     return placement
 
 
-def _task_setup(task: str, model_spec: str | None, ablation: str | None, device_map: str | None = None
-                ) -> tuple[Any, str, str, Any, Any]:
-    """(task, model spec, ablation, model, graph) for a command on TASK: the task's defaults fill what is not given."""
-    from acdc import Graph, load_model
-    from acdc.task import get_task
+# ---- options shared by the commands -------------------------------------------------------------------------------
+def _options(*names: str, split: str = "test", n_help: str = "Number of prompts [task default].") -> Any:
+    """The shared click options ``names`` (in that order), each defined once here."""
+    table: dict[str, Any] = {
+        "model": click.option("--model", "model_spec", default=None,
+                              help="Model spec: zoo:NAME, a local HF checkpoint dir, or a hub name [the task's "
+                                   "default]."),
+        "n": click.option("--n", "n_prompts", default=None, type=click.IntRange(1), help=n_help),
+        "seed": click.option("--seed", default=None, type=int,
+                             help="Seed for the prompts, learned masks and the bootstrap [task default]."),
+        "split": click.option("--split", default=split, show_default=True,
+                              type=click.Choice(["train", "validation", "test"]), help="Split of the task's prompts."),
+        "counterfactual": click.option("--counterfactual", default=None,
+                                       help="Counterfactual rule of the task [task default]."),
+        "dataset": click.option("--dataset", default=None,
+                                help="Dataset of the task [the task's choice for the model]."),
+        "ablation": click.option("--ablation", type=click.Choice(["patch", "mean", "zero"]), default=None,
+                                 help="What an edge outside the circuit carries instead [task default]."),
+        "out": click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+                            help="Output folder [outputs/<task>/<run-id>/]."),
+        "device_map": click.option("--device-map", default=None, metavar="MAP",
+                                   help="Hugging Face placement passed to the bridge: auto, balanced, or JSON "
+                                        "{module: device} (acdc computes on one device: a map over several is "
+                                        "refused)."),
+        "bootstrap": click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(0),
+                                  help="Bootstrap resamples for the 95% intervals (0: none)."),
+    }
 
-    t = get_task(task)
-    spec = model_spec or t.default_model
-    model = load_model(spec, device_map=parse_device_map(device_map))
-    return t, spec, ablation or t.spec.defaults.ablation, model, Graph.from_model(model)
+    def deco(f: Any) -> Any:
+        for name in reversed(names):
+            f = table[name](f)
+        return f
+
+    return deco
+
+
+def _method_help() -> str:
+    from acdc.methods import REGISTRY
+
+    return "; ".join(f"{m.name}: {m.summary}" for m in REGISTRY.values())
+
+
+# ---- methods ----------------------------------------------------------------------------------------------------
+@main.command("methods")
+def methods_list() -> None:
+    """List the registered search methods: kind (ranking or circuits), whether `acdc run` runs it by default, and
+    what it does.
+
+    \b
+    Example:
+      acdc methods
+    """
+    from acdc.methods import REGISTRY
+
+    for m in REGISTRY.values():
+        flags = ", ".join(x for x, on in (("default in run", m.in_job), ("distributed", m.distributed),
+                                          ("scores", m.attribution)) if on)
+        click.echo(f"{m.name:<20} {m.kind:<9} {flags}")
+        click.echo(f"    {m.summary}")
 
 
 # ---- scores -----------------------------------------------------------------------------------------------------
-SCORE_METHODS = ("eap", "eap-ig-inputs", "eap-ig", "eap-ig-activations", "clean-corrupted", "mask-ig", "exact")
+def _attribution_methods() -> list[str]:
+    from acdc.methods import method_names
+
+    return list(method_names(attribution=True))
 
 
 @main.command("scores")
 @click.argument("task")
-@click.option("--method", type=click.Choice(SCORE_METHODS), default="eap-ig-inputs", show_default=True,
-              help="Attribution method (eap-ig = eap-ig-inputs).")
+@click.option("--method", type=click.Choice(_attribution_methods()), default="eap-ig-inputs", show_default=True,
+              help="Attribution method (eap-ig = eap-ig-inputs); `acdc methods` describes each.")
 @click.option("--steps", default=5, show_default=True, type=click.IntRange(1),
               help="Interpolation steps of the integrated-gradient methods.")
 @click.option("--level", type=click.Choice(["edge", "node"]), default="edge", show_default=True,
               help="Score edges, or whole writers (heads, MLPs).")
-@click.option("--model", "model_spec", default=None, help="Model spec [the task's default model].")
-@click.option("--n", "n_prompts", default=None, type=click.IntRange(1), help="Number of prompts [task default].")
-@click.option("--seed", default=None, type=int, help="Seed for the prompts [task default].")
-@click.option("--split", default="train", show_default=True, type=click.Choice(["train", "validation", "test"]))
-@click.option("--counterfactual", default=None, help="Counterfactual rule of the task [task default].")
-@click.option("--ablation", type=click.Choice(["patch", "mean", "zero"]), default=None,
-              help="What an ablated edge carries instead [task default].")
+@_options("model", "n", "seed", "split", "counterfactual", "dataset", "ablation", split="train")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1),
               help="Prompts per pass; memory grows with it.")
 @click.option("--top", "n_top", default=20, show_default=True, type=click.IntRange(1), help="Edges to print.")
-@click.option("--device-map", default=None, metavar="MAP",
-              help="Hugging Face placement passed to the bridge: auto, balanced, or JSON {module: device} "
-                   "(acdc computes on one device: a map over several is refused).")
-@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
-              help="Output folder [outputs/<task>/<run-id>/].")
+@_options("device_map", "out")
 @click.option("--max-memory", default=None, metavar="SIZE",
               help="Memory budget of the run (per process), e.g. 512MiB, 4GiB, 4G: sets --batch-size to the largest "
                    "batch whose estimated peak (weights, activations, logits) fits.")
@@ -307,8 +349,9 @@ SCORE_METHODS = ("eap", "eap-ig-inputs", "eap-ig", "eap-ig-activations", "clean-
                    "torch.distributed (gloo on CPU, nccl on GPU); rank 0 writes and prints. "
                    "Put -- before 'scores' so that torchrun leaves options such as --n alone.")
 def scores(task: str, method: str, steps: int, level: str, model_spec: str | None, n_prompts: int | None,
-           seed: int | None, split: str, counterfactual: str | None, ablation: str | None, batch_size: int,
-           n_top: int, out_dir: str | None, max_memory: str | None, distributed: bool, device_map: str | None) -> None:
+           seed: int | None, split: str, counterfactual: str | None, dataset: str | None, ablation: str | None,
+           batch_size: int, n_top: int, device_map: str | None, out_dir: str | None, max_memory: str | None,
+           distributed: bool) -> None:
     """Score every edge (or node) of TASK's graph by attribution patching and print the top ones.
 
     Writes scores.safetensors (the full score matrix), top_edges.json and run.yaml to the output folder. A score
@@ -323,95 +366,62 @@ def scores(task: str, method: str, steps: int, level: str, model_spec: str | Non
       acdc scores ioi --method eap --max-memory 4GiB
       torchrun --nproc-per-node 4 -m acdc.cli.main -- scores ioi --n 400 --distributed
     """
-    import time
+    from acdc.errors import InputError
+    from acdc.job import scores_job
 
-    from acdc.attribution import attribute
-    from acdc.runs import run_dir, write_run_yaml
-
-    t, spec, ablation, model, graph = _task_setup(task, model_spec, ablation, device_map)
-    data = t.build(model, n_prompts, seed=seed, split=split, counterfactual=counterfactual)
-    rank, world = 0, 1
-    if distributed:  # --distributed: every rank scores its shard; only rank 0 goes on to write and print
-        from acdc.arch import get_arch
-        from acdc.distributed import init_from_env
-
-        rank, world = init_from_env(device=get_arch(model).device)
-    if max_memory is not None:  # --max-memory: the batch size follows from the memory estimate
-        from acdc.errors import InputError
-        from acdc.memory import batch_for_budget
-
-        if click.get_current_context().get_parameter_source("batch_size") == click.core.ParameterSource.COMMANDLINE:
-            raise InputError("give --batch-size or --max-memory, not both")
-        batch_size, note = batch_for_budget(max_memory, model, data, method, n_writers=graph.n_src, ablation=ablation,
-                                            processes=world)
-        if rank == 0:
-            click.echo(note)
-    t0 = time.perf_counter()
-    if distributed:
-        from acdc.distributed import attribute_distributed, shutdown
-
-        try:
-            result = attribute_distributed(model, graph, data, method, ablation=ablation, steps=steps, level=level,
-                                           batch_size=batch_size, progress=True)
-        finally:
-            shutdown()
-        if rank != 0:
-            return
-    else:
-        result = attribute(model, graph, data, method, ablation=ablation, steps=steps,  # type: ignore[arg-type]
-                           level=level, batch_size=batch_size, progress=True)  # type: ignore[arg-type]
-    seconds = time.perf_counter() - t0
-    folder = run_dir(t.name, method, out_dir)
-    result.save(folder)
-    write_run_yaml(folder, {
-        "command": "scores", "task": t.name, "task_file": str(t.path) if t.path else None, "model": spec,
-        "method": result.method, "level": level, "steps": steps, "ablation": ablation, "data": dict(data.info),
-        "batch_size": batch_size, "seconds": round(seconds, 3), **({"max_memory": max_memory} if max_memory else {}),
-        "graph": {"writers": graph.n_src, "readers": graph.n_dst, "edges": graph.n_edges},
-        **({"processes": world} if distributed else {}),
-    })
-    click.echo(f"{result.method} scores for {t.name} on {spec}: {len(data)} prompts ({split}), ablation {ablation}, "
-               f"{graph.n_edges if level == 'edge' else graph.n_src} {level}s, {seconds:.1f} s"
-               + (f", {world} process{'es' if world > 1 else ''}" if distributed else ""))
+    ctx = click.get_current_context()
+    if max_memory is not None and ctx.get_parameter_source("batch_size") == click.core.ParameterSource.COMMANDLINE:
+        raise InputError("give --batch-size or --max-memory, not both")
+    r = scores_job(task, model_spec, out_dir, method, split=split, n=n_prompts, seed=seed,
+                   counterfactual=counterfactual, dataset=dataset, ablation=ablation, steps=steps, level=level,
+                   batch_size=batch_size, max_memory=max_memory, distributed=distributed,
+                   device_map=parse_device_map(device_map))
+    if r.folder is None:  # a torchrun process other than rank 0
+        return
+    if r.memory_note:
+        click.echo(r.memory_note)
+    data, graph = r.prep.data[split], r.prep.graph
+    click.echo(f"{r.scores.method} scores for {r.prep.task.name} on {r.prep.spec}: {len(data)} prompts ({split}), "
+               f"ablation {r.prep.ablation}, {graph.n_edges if level == 'edge' else graph.n_src} {level}s, "
+               f"{r.seconds:.1f} s" + (f", {r.processes} process{'es' if r.processes > 1 else ''}"
+                                       if distributed else ""))
     click.echo(f"metric: {data.description}; score = change of the metric when ablated (negative = supports it)")
-    for i, (name, value) in enumerate(result.top(n_top), 1):
+    for i, (name, value) in enumerate(r.scores.top(n_top), 1):
         click.echo(f"{i:>4}  {name:<28} {value:+.5f}")
-    click.echo(f"wrote {folder}/scores.safetensors, top_edges.json, run.yaml")
+    click.echo(f"wrote {r.folder}/scores.safetensors, top_edges.json, run.yaml")
 
 
 # ---- discover ---------------------------------------------------------------------------------------------------
-DISCOVER_METHODS = ("acdc", "edge-pruning", "eap", "eap-ig", "hybrid")
+def _all_methods() -> list[str]:
+    from acdc.methods import method_names
+
+    return list(method_names())
 
 
 @main.command("discover")
 @click.argument("task")
-@click.option("--method", type=click.Choice(DISCOVER_METHODS), default="eap-ig", show_default=True,
-              help="acdc: exact greedy search; edge-pruning: learned masks; eap / eap-ig: attribution scores + "
-                   "selection.")
+@click.option("--method", type=click.Choice(_all_methods()), default="eap-ig", show_default=True,
+              help="Search method; `acdc methods` describes each (rankings pick --edges edges from their scores).")
 @click.option("--threshold", type=float, default=None,
-              help="acdc: keep an edge when removing it raises KL by at least this [0.01]; eap/eap-ig: keep edges "
+              help="acdc: keep an edge when removing it raises KL by at least this [0.01]; rankings: keep edges "
                    "with |score| >= this.")
 @click.option("--edges", "n_edges", type=click.IntRange(1), default=None,
-              help="Circuit size in edges (edge-pruning, eap, eap-ig) [5% of the edges, at least 20].")
+              help="Circuit size in edges (edge-pruning and rankings) [5% of the edges, at least 20].")
 @click.option("--target-faithfulness", "target", type=click.FloatRange(0, 1, min_open=True), default=0.9,
               show_default=True, help="hybrid: the faithfulness (train split) the circuit must reach.")
 @click.option("--no-refine", is_flag=True, help="hybrid: skip the exact pruning of the selected circuit.")
 @click.option("--selector", type=click.Choice(["greedy", "topn"]), default="greedy", show_default=True,
-              help="How eap/eap-ig pick --edges edges from their scores.")
-@click.option("--model", "model_spec", default=None, help="Model spec [the task's default model].")
-@click.option("--n", "n_prompts", default=None, type=click.IntRange(1), help="Prompts per split [task default].")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed for prompts and edge pruning.")
-@click.option("--ablation", type=click.Choice(["patch", "mean", "zero"]), default=None,
-              help="What an ablated edge carries instead [task default].")
+              help="How rankings pick --edges edges from their scores.")
+@_options("model", "n", "seed", "counterfactual", "dataset", "ablation", n_help="Prompts per split [task default].")
 @click.option("--steps", default=None, type=click.IntRange(1),
-              help="edge-pruning: training steps [300]; eap-ig and hybrid: integrated-gradient steps of the "
-                   "ranking [5].")
+              help="edge-pruning: training steps [300]; rankings and hybrid: integrated-gradient steps [5].")
+@_options("device_map")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Output folder [outputs/<task>/<run-id>/]; an interrupted acdc search resumes from it.")
 def discover(task: str, method: str, threshold: float | None, n_edges: int | None, target: float, no_refine: bool,
-             selector: str,
-             model_spec: str | None, n_prompts: int | None, seed: int, ablation: str | None, steps: int | None,
-             out_dir: str | None) -> None:
+             selector: str, model_spec: str | None, n_prompts: int | None, seed: int | None,
+             counterfactual: str | None, dataset: str | None, ablation: str | None, steps: int | None,
+             device_map: str | None, out_dir: str | None) -> None:
     """Find a circuit for TASK on the train split and report its faithfulness on the test split.
 
     Writes circuit.json, scores (where the method has them) and run.yaml to the output folder and prints the size,
@@ -424,121 +434,72 @@ def discover(task: str, method: str, threshold: float | None, n_edges: int | Non
       acdc discover induction --method edge-pruning --edges 15 --seed 1
       acdc discover ioi --method hybrid --target-faithfulness 0.9 --steps 2
     """
-    import time
+    from acdc.job import discover_job
 
-    from acdc.attribution import EdgeScores
-    from acdc.errors import InputError
-    from acdc.runs import run_dir, write_run_yaml
-    from acdc.search import discover as discover_fn
-    from acdc.search import evaluate_circuits
-
-    if method == "acdc" and n_edges is not None:
-        raise InputError("acdc is controlled by --threshold, not --edges")
-    if method in ("edge-pruning", "hybrid") and threshold is not None:
-        raise InputError(f"{method} is not controlled by --threshold (use --edges or --target-faithfulness)")
-    if method == "hybrid" and n_edges is not None:
-        raise InputError("hybrid is controlled by --target-faithfulness, not --edges")
-    t, spec, ablation, model, graph = _task_setup(task, model_spec, ablation)
-    train = t.build(model, n_prompts, seed=seed, split="train")
-    test = t.build(model, n_prompts, seed=seed, split="test")
-    folder = run_dir(t.name, method, out_dir)
-    t0 = time.perf_counter()
-    size = n_edges
-    options: dict[str, Any] = {}
-    if method == "acdc":
-        options["checkpoint"] = folder / "search.json"
-    if method == "hybrid":
-        options["refine"] = not no_refine
-    circuit, cost = discover_fn(model, graph, train, method, threshold=threshold, edges=size, target=target,
-                                selector=selector, ablation=ablation, seed=seed,
-                                steps=steps, **options)
-    info = cost.as_dict()
-    scores = None
-    if circuit.scores is not None and method != "acdc":
-        label = "edge-pruning (log alpha; larger = keep)" if method == "edge-pruning" else method
-        scores = EdgeScores(graph, circuit.scores.double(), label)
-    seconds = time.perf_counter() - t0
-    ev = evaluate_circuits(model, graph, test, [circuit], ablation=ablation)[0]
-    circuit.meta.update({"task": t.name, "model": spec, "faithfulness_test": ev["faithfulness"]})
-    circuit.save(folder / "circuit.json")
-    if scores is not None:
-        scores.save(folder)
-    write_run_yaml(folder, {
-        "command": "discover", "task": t.name, "task_file": str(t.path) if t.path else None, "model": spec,
-        "method": method, "threshold": threshold, "edges_requested": n_edges, "selector": selector, "seed": seed,
-        "target_faithfulness": target if method == "hybrid" else None,
-        "ablation": ablation, "train": dict(train.info), "test": dict(test.info), "seconds": round(seconds, 3),
-        "cost": info, "result": {"edges": circuit.n_edges, **{k: round(v, 6) for k, v in ev.items()}},
-    })
-    click.echo(f"{method} circuit for {t.name} on {spec}: {circuit.n_edges} of {graph.n_edges} edges, "
-               f"{len(circuit.nodes())} nodes")
+    r = discover_job(task, model_spec, out_dir, method, threshold=threshold, edges=n_edges, target=target,
+                     selector=selector, refine=not no_refine, n=n_prompts, seed=seed, counterfactual=counterfactual,
+                     dataset=dataset, ablation=ablation, steps=steps, device_map=parse_device_map(device_map))
+    c, ev, graph, test = r.circuit, r.evaluation, r.prep.graph, r.prep.data["test"]
+    click.echo(f"{method} circuit for {r.prep.task.name} on {r.prep.spec}: {c.n_edges} of {graph.n_edges} edges, "
+               f"{len(c.nodes())} nodes")
     click.echo(f"test split ({len(test)} prompts): faithfulness {ev['faithfulness']:.3f}, metric {ev['metric']:.4f} "
                f"(full {ev['full']:.4f}, empty {ev['empty']:.4f}), KL {ev['kl']:.4f}")
-    click.echo(f"cost: {seconds:.1f} s; " + ", ".join(f"{k} {v}" for k, v in info.items()))
-    click.echo(f"wrote {folder}/circuit.json, run.yaml" + (", scores.safetensors, top_edges.json" if scores else ""))
+    click.echo(f"cost: {r.seconds:.1f} s; " + ", ".join(f"{k} {v}" for k, v in r.outcome.cost.as_dict().items()))
+    click.echo(f"wrote {r.folder}/circuit.json, run.yaml"
+               + (", scores.safetensors, top_edges.json" if r.outcome.scores is not None else ""))
 
 
 # ---- run / pareto (the main job) --------------------------------------------------------------------------------
 def _methods(value: str) -> tuple[str, ...]:
-    from acdc.errors import InputError
-    from acdc.job import JOB_METHODS
+    from acdc.job import check_methods
 
     items = tuple(m.strip() for m in value.split(",") if m.strip())
-    bad = [m for m in items if m not in JOB_METHODS]
-    if bad:
-        raise InputError(f"unknown method(s) {', '.join(bad)} in --methods; choose from {', '.join(JOB_METHODS)} "
-                         "(comma-separated)")
+    check_methods(items)
     return items
 
 
 def _job_options(f: Any) -> Any:
     """Options shared by `acdc run` and `acdc pareto`."""
+    from acdc.methods import method_names
+
     opts = [
-        click.option("--model", "model_spec", default=None,
-                     help="Model spec: zoo:NAME, a local HF checkpoint dir, or a hub name [the task's default]."),
-        click.option("--methods", default="eap,eap-ig,edge-pruning,hybrid,acdc", show_default=True,
-                     help="Comma-separated methods to run."),
-        click.option("--n", "n_prompts", default=None, type=click.IntRange(1),
-                     help="Prompts per split (train for discovery, test for evaluation) [task default]."),
-        click.option("--seed", default=0, show_default=True, type=int, help="Seed for prompts, masks, bootstrap."),
-        click.option("--ablation", type=click.Choice(["patch", "mean", "zero"]), default=None,
-                     help="What replaces edges outside a circuit [task default]."),
-        click.option("--counterfactual", default=None, help="Counterfactual rule of the task [task default]."),
-        click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(0),
-                     help="Bootstrap resamples for the 95% intervals (0: none)."),
+        _options("model"),
+        click.option("--methods", default=",".join(method_names(in_job=True)), show_default=True,
+                     help="Comma-separated methods to run (`acdc methods` lists them all)."),
+        _options("n", "seed", "ablation", "counterfactual", "dataset", "bootstrap",
+                 n_help="Prompts per split (train for discovery, test for evaluation) [task default]."),
         click.option("--level", default=0.9, show_default=True, type=click.FloatRange(0, 1, min_open=True),
                      help="Faithfulness each method's chosen circuit must reach (on train)."),
         click.option("--acdc-budget", default=300.0, show_default=True, type=click.FloatRange(0),
                      help="Seconds ACDC may take; thresholds that don't fit are dropped (with a note)."),
         click.option("--ep-steps", default=300, show_default=True, type=click.IntRange(1),
                      help="Edge-pruning training steps."),
-        click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
-                     help="Output folder [outputs/<task>/<run-id>/]."),
+        _options("out", "device_map"),
         click.option("--distributed", is_flag=True,
-                     help="Under torchrun: share the prompts of eap, eap-ig and the sweeps among the processes "
-                          "(torch.distributed); rank 0 writes and prints."),
+                     help="Under torchrun: share the prompts of the methods that can (rankings) and of the sweeps "
+                          "among the processes (torch.distributed); rank 0 writes and prints."),
     ]
     for o in reversed(opts):
         f = o(f)
     return f
 
 
-def _run_job(task: str, model_spec: str | None, methods: str, n_prompts: int | None, seed: int,
-             ablation: str | None, counterfactual: str | None, bootstrap: int, level: float, acdc_budget: float,
-             ep_steps: int, out_dir: str | None, distributed: bool, *, circuits: bool,
-             score_dirs: tuple[str, ...] = ()) -> dict[str, Any]:
+def _run_job(task: str, kw: dict[str, Any], *, circuits: bool, score_dirs: tuple[str, ...] = ()) -> Any:
     from acdc.job import JobOptions, run_job
 
-    opts = JobOptions(methods=_methods(methods) if methods else (), n=n_prompts, seed=seed, ablation=ablation,
-                      counterfactual=counterfactual, bootstrap=bootstrap, level=level, acdc_budget_s=acdc_budget,
-                      ep_steps=ep_steps, circuits=circuits, report=circuits, score_dirs=score_dirs,
-                      distributed=distributed, command="acdc " + " ".join(sys.argv[1:]))
-    quiet = distributed and os.environ.get("RANK", "0") != "0"
+    methods = kw["methods"]
+    opts = JobOptions(methods=_methods(methods) if methods else (), n=kw["n_prompts"], seed=kw["seed"],
+                      ablation=kw["ablation"], counterfactual=kw["counterfactual"], dataset=kw["dataset"],
+                      bootstrap=kw["bootstrap"], level=kw["level"], acdc_budget_s=kw["acdc_budget"],
+                      ep_steps=kw["ep_steps"], circuits=circuits, report=circuits, score_dirs=score_dirs,
+                      distributed=kw["distributed"], device_map=parse_device_map(kw["device_map"]),
+                      command="acdc " + " ".join(sys.argv[1:]))
+    quiet = kw["distributed"] and os.environ.get("RANK", "0") != "0"
     try:
-        return run_job(task, model_spec, out_dir, opts, log=(lambda line: None) if quiet else
-                       (lambda line: click.echo(line, err=True)))
+        return run_job(task, kw["model_spec"], kw["out_dir"], opts,
+                       log=(lambda line: None) if quiet else (lambda line: click.echo(line, err=True)))
     finally:
-        if distributed:
+        if kw["distributed"]:
             from acdc.distributed import shutdown
 
             shutdown()
@@ -547,9 +508,7 @@ def _run_job(task: str, model_spec: str | None, methods: str, n_prompts: int | N
 @main.command("run")
 @click.argument("task")
 @_job_options
-def run(task: str, model_spec: str | None, methods: str, n_prompts: int | None, seed: int, ablation: str | None,
-        counterfactual: str | None, bootstrap: int, level: float, acdc_budget: float, ep_steps: int,
-        out_dir: str | None, distributed: bool) -> None:
+def run(task: str, **kw: Any) -> None:
     """The main job: find circuits for TASK with several methods, sweep their sizes, draw them, write a report.
 
     On the task's default (zoo) model it builds train and test prompts, runs the methods on train (EAP, EAP-IG,
@@ -561,24 +520,23 @@ def run(task: str, model_spec: str | None, methods: str, n_prompts: int | None, 
     Examples:
       acdc run induction
       acdc run ioi --methods eap,eap-ig,hybrid --n 100
+      acdc run ioi --methods eap-ig,mask-ig,edge-pruning
       acdc run refusal --model zoo:toy-refusal --out outputs/refusal/mine
       acdc run path/to/my_task.yaml --bootstrap 200
     """
-    s = _run_job(task, model_spec, methods, n_prompts, seed, ablation, counterfactual, bootstrap, level, acdc_budget,
-                 ep_steps, out_dir, distributed, circuits=True)
-    if not s:  # a torchrun process other than rank 0
+    s = _run_job(task, kw, circuits=True)
+    if s is None:  # a torchrun process other than rank 0
         return
-    from acdc.job import summary_table
+    from acdc.summary import summary_table
 
-    click.echo(f"{s['task']} on {s['model']}: {s['graph']['edges']} edges; f on {s['data']['test']['n']} test "
-               f"prompts ({s['metric']})")
+    click.echo(f"{s.task} on {s.model}: {s.graph['edges']} edges; f on {s.data['test']['n']} test prompts ({s.metric})")
     for line in summary_table(s):
         click.echo(line)
-    if s["headline"]:
-        click.echo(f"headline circuit: {s['headline']} ({s['folder']}/circuit.svg)")
-    for note in s["notes"]:
+    if s.headline:
+        click.echo(f"headline circuit: {s.headline} ({s.folder}/circuit.svg)")
+    for note in s.notes:
         click.echo(f"note: {note}")
-    click.echo(f"report: {s['folder']}/report.html ({s['timings']['total_s']:.0f} s)")
+    click.echo(f"report: {s.folder}/report.html ({s.timings['total_s']:.0f} s)")
 
 
 @main.command("pareto")
@@ -586,9 +544,7 @@ def run(task: str, model_spec: str | None, methods: str, n_prompts: int | None, 
 @_job_options
 @click.option("--scores", "score_dirs", multiple=True, type=click.Path(file_okay=False, exists=True),
               help="Also sweep rankings saved by `acdc scores` (a run folder; repeatable).")
-def pareto(task: str, model_spec: str | None, methods: str, n_prompts: int | None, seed: int, ablation: str | None,
-           counterfactual: str | None, bootstrap: int, level: float, acdc_budget: float, ep_steps: int,
-           out_dir: str | None, distributed: bool, score_dirs: tuple[str, ...]) -> None:
+def pareto(task: str, score_dirs: tuple[str, ...], **kw: Any) -> None:
     """Curves of circuit size vs loss recovered for TASK, their pareto frontier and summaries (CPR, CMD, edges
     needed for f >= 0.8 / 0.9 / 0.99), evaluated exactly on the test split.
 
@@ -600,13 +556,11 @@ def pareto(task: str, model_spec: str | None, methods: str, n_prompts: int | Non
       acdc pareto induction --methods eap-ig --scores outputs/induction/20261121-050000-exact
       torchrun --nproc-per-node 2 -m acdc.cli.main -- pareto ioi --methods eap,eap-ig --distributed
     """
-    s = _run_job(task, model_spec, methods if methods or not score_dirs else "", n_prompts, seed, ablation,
-                 counterfactual, bootstrap, level, acdc_budget, ep_steps, out_dir, distributed, circuits=False,
-                 score_dirs=score_dirs)
-    if not s:  # a torchrun process other than rank 0
+    s = _run_job(task, kw, circuits=False, score_dirs=score_dirs)
+    if s is None:  # a torchrun process other than rank 0
         return
-    p = s["pareto"]
-    click.echo(f"{s['task']} on {s['model']}: {p['n_edges_total']} edges, {p['n_prompts']} test prompts")
+    p = s.pareto
+    click.echo(f"{s.task} on {s.model}: {p['n_edges_total']} edges, {p['n_prompts']} test prompts")
     click.echo(f"{'method':<22}{'CPR':>7}{'CMD':>7}   edges for f>=0.8/0.9/0.99")
     for row in p["summary"]:
         need = "/".join("-" if v is None else str(v) for v in row["edges_for"].values())
@@ -614,7 +568,7 @@ def pareto(task: str, model_spec: str | None, methods: str, n_prompts: int | Non
         cmd = "n/a" if row["cmd"] is None else f"{row['cmd']:.3f}"
         click.echo(f"{row['method']:<22}{cpr:>7}{cmd:>7}   {need}")
     click.echo("frontier: " + ", ".join(f"{f['method']} {f['edges']} edges f={f['f']:.3f}" for f in p["frontier"]))
-    click.echo(f"wrote {s['folder']}/pareto.json, pareto.svg, pareto.png")
+    click.echo(f"wrote {s.folder}/pareto.json, pareto.svg, pareto.png")
 
 
 # ---- draw / evaluate / report ------------------------------------------------------------------------------------
@@ -649,17 +603,10 @@ def draw(circuit_file: str, out_dir: str | None, title: str | None) -> None:
 @main.command("evaluate")
 @click.argument("task")
 @click.argument("circuit_files", nargs=-1, type=click.Path(dir_okay=False))
-@click.option("--model", "model_spec", default=None, help="Model spec [the task's default model].")
-@click.option("--n", "n_prompts", default=None, type=click.IntRange(1), help="Number of prompts [task default].")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed for the prompts and the bootstrap.")
-@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "validation", "test"]))
-@click.option("--counterfactual", default=None, help="Counterfactual rule of the task [task default].")
-@click.option("--ablation", type=click.Choice(["patch", "mean", "zero"]), default=None,
-              help="What replaces edges outside the circuit [task default].")
-@click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(0),
-              help="Bootstrap resamples for the 95% intervals (0: none).")
-def evaluate(task: str, circuit_files: tuple[str, ...], model_spec: str | None, n_prompts: int | None, seed: int,
-             split: str, counterfactual: str | None, ablation: str | None, bootstrap: int) -> None:
+@_options("model", "n", "seed", "split", "counterfactual", "dataset", "ablation", "bootstrap", "device_map")
+def evaluate(task: str, circuit_files: tuple[str, ...], model_spec: str | None, n_prompts: int | None,
+             seed: int | None, split: str, counterfactual: str | None, dataset: str | None, ablation: str | None,
+             bootstrap: int, device_map: str | None) -> None:
     """Exact faithfulness of circuits (circuit.json files) on TASK, with 95% bootstrap intervals.
 
     f = (M(C) - M(empty)) / (M(full) - M(empty)) on the chosen split (test by default), and KL(full || C). Without
@@ -675,17 +622,19 @@ def evaluate(task: str, circuit_files: tuple[str, ...], model_spec: str | None, 
     import torch
 
     from acdc import Circuit
+    from acdc.evaluate import evaluate_masks, faithfulness_ci
+    from acdc.job import prepare
     from acdc.metrics import task_metric
-    from acdc.pareto import evaluate_masks, faithfulness_ci
 
-    t, spec, ablation, model, graph = _task_setup(task, model_spec, ablation)
-    data = t.build(model, n_prompts, seed=seed, split=split, counterfactual=counterfactual)
+    prep = prepare(task, model_spec, splits=(split,), n=n_prompts, seed=seed, counterfactual=counterfactual,
+                   dataset=dataset, ablation=ablation, device_map=parse_device_map(device_map))
+    model, graph, data = prep.model, prep.graph, prep.data[split]
     circuits = [Circuit.load(f, graph) for f in circuit_files] or [Circuit.full(graph), Circuit.empty(graph)]
     labels = list(circuit_files) or ["full circuit", "empty circuit"]
-    ev = evaluate_masks(model, graph, data, [c.mask for c in circuits], ablation=ablation)
-    st = faithfulness_ci(ev, n_boot=bootstrap, seed=seed)
-    click.echo(f"task {t.name} on {spec} · {len(data)} prompts x {data.clean.shape[1]} tokens ({split} split) · "
-               f"metric: {data.description} · ablation: {ablation} · graph {graph.n_edges} edges")
+    ev = evaluate_masks(model, graph, data, [c.mask for c in circuits], ablation=prep.ablation)
+    st = faithfulness_ci(ev, n_boot=bootstrap, seed=prep.seed)
+    click.echo(f"task {prep.task.name} on {prep.spec} · {len(data)} prompts x {data.clean.shape[1]} tokens ({split} "
+               f"split) · metric: {data.description} · ablation: {prep.ablation} · graph {graph.n_edges} edges")
     if not circuit_files:
         with torch.no_grad():
             m_clean, m_corrupt = model(data.clean), model(data.corrupt)
@@ -712,10 +661,6 @@ def report(run_dir: str) -> None:
     from acdc.export.report import write_report
 
     click.echo(f"wrote {write_report(run_dir)}")
-
-
-def entry() -> None:  # pragma: no cover - console script shim
-    main(prog_name="acdc")
 
 
 if __name__ == "__main__":  # pragma: no cover

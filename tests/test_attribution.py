@@ -101,12 +101,12 @@ def test_eap_ig_inputs_definition(setup):
     interpolated-embedding run, times (ã - a)."""
     from acdc.arch import get_arch
     from acdc.attribution import _grad_scores
-    from acdc.patching import _plain
+    from acdc.patching import plain_forward
 
     model, g, data = setup
     arch = get_arch(model)
     cache = ablation_cache(model, g, data.corrupt)
-    ref_logits, clean_run = _plain(arch, data.clean)
+    ref_logits, clean_run = plain_forward(arch, data.clean)
     delta = cache.writers - clean_run.writers
     e, base = clean_run.writers[0], cache.writers[0]
 

@@ -16,7 +16,7 @@ import torch
 from acdc import Graph, attribute
 from acdc.distributed import attribute_distributed, evaluate_distributed, shard, shard_bounds
 from acdc.errors import InputError
-from acdc.pareto import evaluate_masks
+from acdc.evaluate import evaluate_masks
 from acdc.types import TaskData
 
 SHAPE = dict(n_layer=2, n_head=3, d_model=24, vocab=40, n_ctx=16, seed=3, init_std=0.15)
@@ -160,14 +160,14 @@ def test_shards_partition_the_prompts_at_block_boundaries(n, world, align):
 def test_shard_keeps_every_field():
     data = _data()
     part = shard(data, 1, 2, align=3)
-    assert (part.info["shard"]["lo"], part.info["shard"]["hi"]) == (6, 10)
+    assert (part.info["rows"]["lo"], part.info["rows"]["hi"]) == (6, 10)
     assert torch.equal(part.clean, data.clean[6:]) and torch.equal(part.corrupt, data.corrupt[6:])
     assert torch.equal(part.positions, data.positions[6:]) and torch.equal(part.answers, data.answers[6:])
     assert part.wrong is not None and data.wrong is not None and torch.equal(part.wrong, data.wrong[6:])
     assert part.lengths is not None and torch.equal(part.lengths, data.lengths[6:])  # type: ignore[index]
     assert part.texts == data.texts[6:]  # type: ignore[index]
     assert part.metric == data.metric and part.description == data.description
-    assert part.info["task"] == "handmade" and "shard" not in data.info
+    assert part.info["task"] == "handmade" and "rows" not in data.info
     with pytest.raises(InputError):
         shard_bounds(10, 2, 2)
 

@@ -275,10 +275,8 @@ def test_eap_is_minus_mask_gradient(model64, ablation):
 
 
 def _batches(model, graph, data, cache, ablation, size):
-    from acdc.attribution import _subset
-
     for lo in range(0, len(data), size):
-        sub = _subset(data, lo, min(len(data), lo + size))
+        sub = data.rows(lo, min(len(data), lo + size))
         yield sub, cache if ablation != "patch" else ablation_cache(model, graph, sub.corrupt, "patch")
 
 
@@ -307,7 +305,7 @@ def test_fast_acdc_equals_sequential(model64):
     """The searches run on these architectures too: ACDC's incremental engine (rotary queries at the metric
     positions, shared key/value readers), with and without speculation, gives the same edges as one full masked
     forward per edge."""
-    from acdc.search import acdc_search
+    from acdc.methods import acdc_search
 
     graph = Graph.from_model(model64)
     data = _data(2)

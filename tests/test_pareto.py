@@ -25,7 +25,7 @@ from acdc.pareto import (
     sweep,
     trapezoid,
 )
-from acdc.search import evaluate_circuits
+from acdc.evaluate import evaluate_circuits
 from acdc.selection import greedy, top_n
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import acdc.search as search_mod
+import acdc.methods.acdc as search_mod
 from acdc import Graph, get_task
 from acdc.errors import InputError
-from acdc.search import acdc_search
+from acdc.methods import acdc_search
 
 
 @pytest.mark.parametrize("fixture, task", [("toy_induction", "induction"), ("toy_ioi", "ioi")])
@@ -72,7 +72,7 @@ def test_interrupted_search_resumes_identically(toy_ioi, tmp_path, monkeypatch):
 
 
 def test_edge_pruning_exact_size_and_deterministic(toy_ioi):
-    from acdc.search import edge_pruning
+    from acdc.methods import edge_pruning
 
     g = Graph.from_model(toy_ioi)
     data = get_task("ioi").build(toy_ioi, 32, seed=0)
@@ -103,7 +103,8 @@ def test_discover_cli(tmp_path, toy_ioi):
 
 
 def test_hybrid_reaches_its_target(toy_ioi):
-    from acdc.search import evaluate_circuits, hybrid_search
+    from acdc.evaluate import evaluate_circuits
+    from acdc.methods import hybrid_search
 
     g = Graph.from_model(toy_ioi)
     data = get_task("ioi").build(toy_ioi, 48, seed=0)
@@ -147,7 +148,7 @@ def test_planted_circuit_is_what_matters(planted):
 
 def test_every_method_recovers_the_planted_circuit(planted):
     from acdc import attribute
-    from acdc.search import edge_pruning, hybrid_search
+    from acdc.methods import edge_pruning, hybrid_search
     from acdc.selection import threshold, top_n
 
     model, g, data, PLANTED = planted
@@ -183,5 +184,5 @@ def test_discover_one_interface(planted):
         c, cost = discover(model, g, data, method, progress=False, **kw)
         assert set(c.edge_names()) == set(PLANTED), method
         assert cost.seconds > 0
-    with pytest.raises(InputError, match="unknown discovery method"):
+    with pytest.raises(InputError, match="unknown method"):
         discover(model, g, data, "magic")
