@@ -14,6 +14,7 @@ FAMILIES: tuple[str, ...] = (
     "edge_pruning",
     "hybrid",
     "acdc",
+    "ensemble",
 )
 
 
