@@ -216,7 +216,15 @@ def estimate(
     exact_batch: int = 32,
     n_prompts: int | None = None,
 ) -> MemoryEstimate:
-    """The terms of :func:`estimate_peak_bytes`."""
+    """Estimated peak memory of ``acdc.attribute`` (or of the fast ACDC search, ``method="acdc"``) with ``batch``
+    prompts per pass of ``seq_len`` tokens, by term: the weights (with acdc's copies), the writer stores
+    ``[n_writers, B, P, d_model]``, saved activations and gradients, attention patterns and logits ``[B, P,
+    vocab]``; see the module docstring for each term.
+
+    ``model_or_cfg``: a loaded model, its ``cfg``, a :class:`ModelShape` or a dict (see :func:`model_shape`).
+    ``dtype`` defaults to the model's (float32 when unknown). ``n_prompts`` (all prompts of the run) matters for
+    ``mean`` ablation, whose writer means come from one pass over every prompt.
+    """
     if method not in EXTRA_WRITER_COPIES:
         raise InputError(f"no memory model for method '{method}'; choose one of {', '.join(EXTRA_WRITER_COPIES)}")
     if batch < 1 or seq_len < 1:
@@ -259,29 +267,9 @@ def estimate(
                           int(mean_pass))
 
 
-def estimate_peak_bytes(
-    model_or_cfg: Any,
-    *,
-    method: str = "eap",
-    batch: int,
-    seq_len: int,
-    n_writers: int | None = None,
-    dtype: torch.dtype | None = None,
-    ablation: str = "patch",
-    metric: str = "logit_diff",
-    exact_batch: int = 32,
-    n_prompts: int | None = None,
-) -> int:
-    """Estimated peak memory (bytes) of ``acdc.attribute`` with ``batch`` prompts per pass of ``seq_len`` tokens:
-    the weights (with acdc's copies), the writer stores ``[n_writers, B, P, d_model]``, saved activations and
-    gradients, attention patterns and logits ``[B, P, vocab]``; see the module docstring for each term.
-
-    ``model_or_cfg``: a loaded model, its ``cfg``, a :class:`ModelShape` or a dict (see :func:`model_shape`).
-    ``dtype`` defaults to the model's (float32 when unknown). ``n_prompts`` (all prompts of the run) matters for
-    ``mean`` ablation, whose writer means come from one pass over every prompt.
-    """
-    return estimate(model_or_cfg, method=method, batch=batch, seq_len=seq_len, n_writers=n_writers, dtype=dtype,
-                    ablation=ablation, metric=metric, exact_batch=exact_batch, n_prompts=n_prompts).total
+def estimate_peak_bytes(model_or_cfg: Any, **kw: Any) -> int:
+    """Estimated peak memory (bytes): :func:`estimate`'s total, with the same arguments."""
+    return estimate(model_or_cfg, **kw).total
 
 
 def pick_batch_size(

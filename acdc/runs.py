@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import platform
 import re
 from pathlib import Path
@@ -13,7 +14,14 @@ import yaml
 
 from acdc.io import atomic_write_text
 
-OUTPUTS = Path("outputs")
+OUTPUTS_ENV = "ACDC_OUTPUTS"
+
+
+def outputs_root() -> Path:
+    """Where run folders go when no ``--out`` is given: ``$ACDC_OUTPUTS``, else ``outputs/`` under the current
+    working directory (read at call time, so a library user's ``os.chdir`` or environment is respected), as an
+    absolute path so that the printed locations stay valid."""
+    return Path(os.environ.get(OUTPUTS_ENV) or "outputs").resolve()
 
 
 def run_id(label: str) -> str:
@@ -27,7 +35,7 @@ def run_dir(task: str, label: str, out: str | Path | None = None) -> Path:
     if out is not None:
         path = Path(out)
     else:
-        path = OUTPUTS / re.sub(r"[^A-Za-z0-9_.-]+", "-", task) / run_id(label)
+        path = outputs_root() / re.sub(r"[^A-Za-z0-9_.-]+", "-", task) / run_id(label)
         n = 1
         while path.exists():
             n += 1

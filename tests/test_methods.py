@@ -1,0 +1,102 @@
+"""The method registry (acdc/methods): one record per method, the command line's choices come from it, a new
+family is one file plus one registry line; shared pieces (TaskData slicing, the speculative removal loop, the
+ensemble) behave as documented."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from acdc.cli.main import main
+from click.testing import CliRunner
+
+from acdc import Graph, get_task
+from acdc.errors import InputError
+from acdc.methods import REGISTRY, Context, Settings, get_method, method_names
+from acdc.methods.discover import check_controls
+from acdc.methods.registry import FAMILIES
+
+
+def test_registry_is_the_only_list_of_methods() -> None:
+    import importlib
+
+    names = [m.name for fam in FAMILIES for m in importlib.import_module(f"acdc.methods.{fam}").METHODS]
+    assert list(REGISTRY) == names and len(set(names)) == len(names)
+    assert method_names(in_job=True) == ("eap", "eap-ig", "edge-pruning", "hybrid", "acdc")
+    # the command line offers what the registry holds
+    scores_choices = next(p for p in main.commands["scores"].params if p.name == "method").type.choices
+    discover_choices = next(p for p in main.commands["discover"].params if p.name == "method").type.choices
+    assert list(scores_choices) == list(method_names(attribution=True))
+    assert list(discover_choices) == list(REGISTRY)
+    r = CliRunner().invoke(main, ["methods"])
+    assert r.exit_code == 0 and all(name in r.output for name in REGISTRY)
+    with pytest.raises(InputError, match="unknown method 'magic'"):
+        get_method("magic")
+
+
+def test_controls_are_checked_before_any_model_loads() -> None:
+    for method, kw, msg in (("acdc", {"edges": 5}, "--threshold"), ("hybrid", {"threshold": 0.1}, "target"),
+                            ("hybrid", {"edges": 5}, "target"), ("edge-pruning", {"threshold": 0.1}, "--edges")):
+        with pytest.raises(InputError, match=msg):
+            check_controls(method, **kw)
+    assert check_controls("eap", threshold=0.1).name == "eap"
+    r = CliRunner().invoke(main, ["discover", "no-such-task", "--method", "hybrid", "--edges", "5"])
+    assert r.exit_code == 2 and "not controlled by a size" in r.output  # refused before the task is even read
+
+
+def test_taskdata_rows_and_take_keep_every_field(toy_ioi) -> None:  # type: ignore[no-untyped-def]
+    data = get_task("ioi").build(toy_ioi, 10, split="test")
+    part = data.rows(2, 5)
+    assert torch.equal(part.clean, data.clean[2:5]) and torch.equal(part.positions, data.positions[2:5])
+    assert part.texts == data.texts[2:5] and torch.equal(part.lengths, data.lengths[2:5])
+    assert part.metric == data.metric and part.description == data.description
+    assert part.info["rows"] == {"lo": 2, "hi": 5, "of": 10} and part.info["task"] == data.info["task"]
+    idx = torch.tensor([7, 1])
+    some = data.take(idx)
+    assert torch.equal(some.answers, data.answers[idx]) and some.texts == [data.texts[7], data.texts[1]]
+    assert torch.equal(some.wrong, data.wrong[idx]) and "rows" not in data.info
+
+
+def test_speculation_width_changes_cost_not_decisions(toy_ioi) -> None:  # type: ignore[no-untyped-def]
+    """The shared accept/commit loop: the hybrid's refinement decides the same at every width."""
+    from acdc.methods import hybrid_search
+
+    g = Graph.from_model(toy_ioi)
+    data = get_task("ioi").build(toy_ioi, 24, split="train")
+    found = [hybrid_search(toy_ioi, g, data, target=0.8, width=w, progress=False) for w in (1, 3, 8)]
+    masks = [c.mask for c, _ in found]
+    assert all(torch.equal(masks[0], m) for m in masks[1:])
+    assert found[0][1].passes > found[2][1].passes  # wider calls: fewer of them
+
+
+def test_ensemble_averages_normalised_member_scores(toy_ioi) -> None:  # type: ignore[no-untyped-def]
+    from acdc.attribution import attribute
+    from acdc.methods.ensemble import MEMBERS
+
+    g = Graph.from_model(toy_ioi)
+    data = get_task("ioi").build(toy_ioi, 16, split="train")
+    ctx = Context(toy_ioi, g, data, progress=False)
+    out = get_method("ensemble").run(ctx, Settings(ig_steps=3))
+    want = torch.zeros(g.n_src, g.n_dst, dtype=torch.float64)
+    for m in MEMBERS:
+        s = attribute(toy_ioi, g, data, m, steps=3, progress=False).scores.abs()
+        want += s / s.max()
+    assert out.scores is not None
+    assert torch.allclose(out.scores.scores, want / len(MEMBERS), atol=1e-12)
+    assert float(out.scores.scores.max()) <= 1.0 and sorted(ctx.rankings) == sorted(f"{m}:3:patch" for m in MEMBERS)
+    # a later method asking for a member reuses it (no second scoring)
+    again = get_method("eap").run(ctx, Settings(ig_steps=3))
+    assert again.scores is ctx.rankings["eap:3:patch"]
+
+
+def test_run_takes_any_registered_method(tmp_path, toy_ioi) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["run", "ioi", "--methods", "mask-ig,ensemble", "--n", "16", "--bootstrap", "20",
+                                  "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    s = json.loads((out / "summary.json").read_text())
+    assert [c["method"] for c in s["circuits"]] == ["mask-ig", "ensemble"]
+    assert [c["method"] for c in s["pareto"]["curves"]] == ["mask-ig", "ensemble"]
+    r = CliRunner().invoke(main, ["run", "ioi", "--methods", "eap,magic"])
+    assert r.exit_code == 2 and "unknown method(s) magic" in r.output
