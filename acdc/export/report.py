@@ -17,8 +17,8 @@ from typing import Any
 
 from acdc.errors import InputError
 from acdc.io import atomic_write_text
+from acdc.summary import RUN_FORMAT as SUMMARY_FORMAT
 
-SUMMARY_FORMAT = "acdc-run/1"
 NA = "not available"
 DEFAULT_THRESHOLDS = ("0.8", "0.9", "0.99")
 
