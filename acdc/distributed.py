@@ -137,17 +137,9 @@ def mean_cache_distributed(model: Any, graph: Graph, data: TaskData) -> Ablation
 
 
 # ---- attribution --------------------------------------------------------------------------------------------------
-def attribute_distributed(
-    model: Any,
-    graph: Graph,
-    data: TaskData,
-    method: str = "eap-ig-inputs",
-    *,
-    ablation: str = "patch",
-    batch_size: int = 32,
-    progress: bool = True,
-    **kw: Any,
-) -> EdgeScores:
+def attribute_distributed(model: Any, graph: Graph, data: TaskData, method: str = "eap-ig-inputs", *,
+                          ablation: str = "patch", batch_size: int = 32, progress: bool = True,
+                          **kw: Any) -> EdgeScores:
     """:func:`acdc.attribute` over all ranks: each scores its shard (cut at multiples of ``batch_size``), then
     ``all_reduce(n_r · scores_r) / n`` gives every rank the prompt-averaged scores of the whole ``data``.
 
@@ -179,16 +171,8 @@ def attribute_distributed(
 
 
 # ---- exact evaluation ---------------------------------------------------------------------------------------------
-def evaluate_distributed(
-    model: Any,
-    graph: Graph,
-    data: TaskData,
-    masks: Sequence[torch.Tensor],
-    *,
-    ablation: str = "patch",
-    batch: int = 16,
-    **kw: Any,
-) -> Evaluation:
+def evaluate_distributed(model: Any, graph: Graph, data: TaskData, masks: Sequence[torch.Tensor], *,
+                         ablation: str = "patch", batch: int = 16, **kw: Any) -> Evaluation:
     """:func:`acdc.evaluate.evaluate_masks` over all ranks: each evaluates its shard of prompts, then the per-prompt
     values are all-gathered in prompt order, so every rank returns the :class:`Evaluation` of the whole ``data``
     (and rank 0 can compute bootstrap intervals). ``kw`` goes to ``evaluate_masks``."""

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from acdc.errors import CircuitFileError, InputError
-from acdc.io import atomic_write_text
+from acdc.io import atomic_write_text, read_json
 
 CIRCUIT_FORMAT = "acdc-circuit/1"
 
@@ -178,6 +178,15 @@ class Graph:
 
 # ---- dangling-edge removal ---------------------------------------------------------------------------------------
 @numba.njit(cache=True)
+def _meets(a: np.ndarray, b: np.ndarray) -> bool:  # pragma: no cover - jitted
+    """any(a & b) for two boolean vectors, stopping at the first common entry."""
+    for i in range(a.shape[0]):
+        if a[i] and b[i]:
+            return True
+    return False
+
+
+@numba.njit(cache=True)
 def _live_edges(mask: np.ndarray, feeds: np.ndarray, logits: int) -> np.ndarray:  # pragma: no cover - jitted
     """Edges whose source is reachable from ``input`` and whose destination has a path to ``logits``.
 
@@ -186,37 +195,21 @@ def _live_edges(mask: np.ndarray, feeds: np.ndarray, logits: int) -> np.ndarray:
     changes the other kind's reachability).
     """
     n_src, n_dst = mask.shape
-    reach = np.zeros(n_src, dtype=np.bool_)
+    reach = np.zeros(n_src, dtype=np.bool_)  # writers reachable from the input
     reach[0] = True
-    reader_reached = np.zeros(n_dst, dtype=np.bool_)
     for r in range(n_dst):
-        for u in range(n_src):
-            if mask[u, r] and reach[u]:
-                reader_reached[r] = True
-                break
-        if reader_reached[r]:
-            for w in range(n_src):
-                if feeds[r, w]:
-                    reach[w] = True
-    alive_w = np.zeros(n_src, dtype=np.bool_)
+        if _meets(mask[:, r], reach):
+            reach |= feeds[r]
+    alive_w = np.zeros(n_src, dtype=np.bool_)  # writers with a path to the logits
     alive_r = np.zeros(n_dst, dtype=np.bool_)
-    alive_r[logits] = True
     for r in range(n_dst - 1, -1, -1):
-        if r != logits:
-            for w in range(n_src):
-                if feeds[r, w] and alive_w[w]:
-                    alive_r[r] = True
-                    break
-        if alive_r[r]:
-            for u in range(n_src):
-                if mask[u, r]:
-                    alive_w[u] = True
+        if r == logits or _meets(feeds[r], alive_w):
+            alive_r[r] = True
+            alive_w |= mask[:, r]
     out = np.zeros_like(mask)
     for u in range(n_src):
         if reach[u]:
-            for r in range(n_dst):
-                if mask[u, r] and alive_r[r]:
-                    out[u, r] = True
+            out[u] = mask[u] & alive_r
     return out
 
 
@@ -349,11 +342,4 @@ class Circuit:
 
     @classmethod
     def load(cls, path: str | Path, graph: Graph | None = None) -> Circuit:
-        p = Path(path)
-        try:
-            d = json.loads(p.read_text())
-        except FileNotFoundError as e:
-            raise CircuitFileError(f"no circuit file at {p}") from e
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CircuitFileError(f"{p} is not valid JSON: {e}") from e
-        return cls.from_dict(d, graph)
+        return cls.from_dict(read_json(path, "circuit file"), graph)

@@ -1,10 +1,15 @@
-"""Atomic file writes: a temporary file in the same folder, then a rename, so no reader sees half a file."""
+"""File I/O: atomic writes (a temporary file in the same folder, then a rename, so no reader sees half a file) and
+JSON reads that fail in one line."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
+
+from acdc.errors import CircuitFileError
 
 
 def _umask() -> int:
@@ -35,3 +40,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
 
 def atomic_write_text(path: Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_json(path: str | Path, what: str = "file") -> Any:
+    """The parsed JSON at ``path``; a missing or malformed file is a one-line :class:`CircuitFileError`."""
+    p = Path(path)
+    try:
+        return json.loads(p.read_text())
+    except FileNotFoundError as e:
+        raise CircuitFileError(f"no {what} at {p}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CircuitFileError(f"{p} is not valid JSON: {e}") from e

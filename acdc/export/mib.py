@@ -45,7 +45,7 @@ import torch
 
 from acdc.errors import CircuitFileError, InputError
 from acdc.graph import Circuit, Graph
-from acdc.io import atomic_write_text
+from acdc.io import atomic_write_text, read_json
 
 if TYPE_CHECKING:
     from acdc.attribution import EdgeScores
@@ -400,11 +400,5 @@ def load_mib(
     path: str | Path, graph: Graph, *, gqa: GqaMode = "refuse", higher_is_better: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Read one MIB graph JSON (``importances.json`` or a circuit file) onto ``graph``: (scores, mask)."""
-    p = Path(path)
-    try:
-        d = json.loads(p.read_text())
-    except FileNotFoundError as e:
-        raise CircuitFileError(f"no MIB file at {p}") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CircuitFileError(f"{p} is not valid JSON: {e}") from e
-    return mib_from_dict(d, graph, gqa=gqa, higher_is_better=higher_is_better, where=os.fspath(p))
+    return mib_from_dict(read_json(path, "MIB file"), graph, gqa=gqa, higher_is_better=higher_is_better,
+                         where=os.fspath(path))

@@ -206,10 +206,7 @@ def _run(ctx: Context, s: Settings) -> Outcome:
                               **s.options)
         c.meta["label"] = f"tau={tau:g}"
         out.circuits.append(c)
-        out.cost.passes += cost.passes
-        out.cost.masks += cost.masks
-        out.cost.forward_equivalents += cost.forward_equivalents
-        out.cost.seconds += cost.seconds
+        out.cost.add(cost)
     return out
 
 

@@ -36,6 +36,13 @@ class SearchCost:
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def add(self, other: SearchCost) -> None:
+        """Count ``other``'s cost into this one (several searches of one method)."""
+        self.passes += other.passes
+        self.masks += other.masks
+        self.forward_equivalents += other.forward_equivalents
+        self.seconds += other.seconds
+
     def as_dict(self) -> dict[str, Any]:
         return {"passes": self.passes, "masks": self.masks, "forward_equivalents": round(self.forward_equivalents, 2),
                 "seconds": round(self.seconds, 3), **self.extra}

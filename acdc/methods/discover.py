@@ -27,22 +27,10 @@ def check_controls(method: str, *, threshold: float | None = None, edges: int | 
     return m
 
 
-def find_circuit(
-    model: Any,
-    graph: Graph,
-    data: TaskData,
-    method: str = "hybrid",
-    *,
-    threshold: float | None = None,
-    edges: int | None = None,
-    target: float = 0.9,
-    selector: str = "greedy",
-    ablation: str = "patch",
-    seed: int = 0,
-    steps: int | None = None,
-    progress: bool = True,
-    **options: Any,
-) -> tuple[Circuit, Outcome]:
+def find_circuit(model: Any, graph: Graph, data: TaskData, method: str = "hybrid", *, threshold: float | None = None,
+                 edges: int | None = None, target: float = 0.9, selector: str = "greedy", ablation: str = "patch",
+                 seed: int = 0, steps: int | None = None, progress: bool = True, **options: Any
+                 ) -> tuple[Circuit, Outcome]:
     """Find a circuit with ``method``; returns the circuit and the method's whole outcome (scores, cost, notes).
 
     - circuit methods (``acdc``, ``hybrid``) and edge pruning return the circuit they found: ``threshold`` is ACDC's
