@@ -12,15 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from acdc.cli.main import main
 from click.testing import CliRunner
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from acdc.errors import AcdcError, InputError
 from acdc.metrics import logit_diff, prob_diff, task_metric
-from acdc.task import builtin_dir, get_task, list_tasks, task_from_text
-from acdc.task_schema import TaskFileError, parse_task_text
+from acdc.task import Task, TaskFileError, builtin_dir, get_task, list_tasks, parse_task_text, task_from_text
 
 ROOT = Path(__file__).resolve().parent.parent
 IOI_TEXT = (builtin_dir() / "ioi.yaml").read_text()
@@ -289,8 +287,6 @@ def test_fuzz_mutated_fields(data, words_model):
     got = _load_or_error(yaml.safe_dump(doc))
     event("rejected by validation" if got is None else "valid")
     if got is not None:  # a mutation that still validates must build or fail with the project's own error
-        from acdc.task import Task
-
         spec, lines = got
         try:
             Task(spec, lines, path=builtin_dir() / "fuzz.yaml").build(words_model, 4)
@@ -301,6 +297,8 @@ def test_fuzz_mutated_fields(data, words_model):
 
 # ---- CLI --------------------------------------------------------------------------------------------------------
 def test_cli_tasks_list_show_validate(tmp_path, toy_induction):
+    from acdc.cli.main import main
+
     r = CliRunner().invoke(main, ["tasks", "list"])
     assert r.exit_code == 0 and "ioi" in r.output and "zoo:toy-refusal" in r.output
     r = CliRunner().invoke(main, ["tasks", "show", "induction", "--n", "16"])
@@ -323,3 +321,4 @@ def test_name_beats_a_same_named_folder(tmp_path, monkeypatch):
     f = tmp_path / "ioi.yaml"
     f.write_text(IOI_TEXT.replace("name: ioi", "name: my-ioi"))
     assert get_task("ioi.yaml").name == "my-ioi" and get_task(str(f)).name == "my-ioi"
+
