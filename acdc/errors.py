@@ -37,3 +37,7 @@ class ShapeError(InputError):
 
 class CircuitFileError(InputError):
     """A circuit JSON file that is malformed or belongs to another graph."""
+
+
+class ZooTrainingError(AcdcError):
+    """Training a zoo model failed (the loss diverged, a trainer wrote no model, the zoo folder is not writable)."""

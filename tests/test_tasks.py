@@ -4,6 +4,7 @@ malformed YAML and wrong types at the loader."""
 
 from __future__ import annotations
 
+import ast
 import copy
 import json
 import re
@@ -322,3 +323,32 @@ def test_name_beats_a_same_named_folder(tmp_path, monkeypatch):
     f.write_text(IOI_TEXT.replace("name: ioi", "name: my-ioi"))
     assert get_task("ioi.yaml").name == "my-ioi" and get_task(str(f)).name == "my-ioi"
 
+
+# ---- layering -----------------------------------------------------------------------------------------------------
+def _imports(path: Path) -> list[tuple[str, list[str]]]:
+    """(module, imported names) of every import statement in ``path``, at any depth (function-level ones too)."""
+    out: list[tuple[str, list[str]]] = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out += [(a.name, []) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.append((node.module, [a.name for a in node.names]))
+    return out
+
+
+def test_the_data_layer_never_imports_the_zoo():
+    """Data flows one way: tasks, types and metrics must not depend on the zoo's trainers."""
+    files = [*sorted((ROOT / "acdc" / "task").glob("*.py")), ROOT / "acdc" / "types.py", ROOT / "acdc" / "metrics.py"]
+    assert len(files) > 3
+    bad = [(f.relative_to(ROOT).as_posix(), mod) for f in files for mod, _ in _imports(f)
+           if mod == "acdc.zoo" or mod.startswith("acdc.zoo.")]
+    assert not bad, bad
+
+
+def test_task_and_zoo_modules_import_no_private_names():
+    """No module of acdc/task or acdc/zoo (nor their tests) imports another module's underscore names."""
+    files = [*sorted((ROOT / "acdc" / "task").glob("*.py")), *sorted((ROOT / "acdc" / "zoo").glob("*.py")),
+             *sorted((ROOT / "tests").glob("test_zoo*.py")), ROOT / "tests" / "test_tasks.py"]
+    bad = [(f.relative_to(ROOT).as_posix(), mod, name) for f in files for mod, names in _imports(f)
+           if mod.startswith("acdc") for name in names if name.startswith("_")]
+    assert not bad, bad

@@ -1,16 +1,23 @@
-"""The zoo's toy-induction model: accuracy, the induction circuit itself, determinism, loading, errors."""
+"""The zoo's toy-induction model: accuracy, the induction circuit itself, determinism, loading; and the zoo's
+machinery: a model folder is only ever visible whole (the marker is written last and atomically), and every failure
+a user can meet is a typed one-line error."""
 
 from __future__ import annotations
 
+import errno
+import os
+from pathlib import Path
+
 import pytest
 import torch
+from click.testing import CliRunner
 from transformers import AutoTokenizer, GPT2LMHeadModel
 
-from acdc.errors import UnknownZooModel
-from acdc.zoo import ensure_zoo_model, is_trained
+from acdc.errors import UnknownZooModel, ZooTrainingError
+from acdc.zoo import ZOO, ZooSpec, ensure_zoo_model, is_trained, zoo_dir
 from acdc.zoo.induction import (
     Recipe,
-    _build,
+    build_model,
     evaluate,
     induction_batch,
     induction_counterfactual,
@@ -86,7 +93,7 @@ def test_training_is_deterministic(tmp_path):
 
 
 def test_constructed_previous_token_head_is_present_at_initialisation():
-    model = _build(Recipe(), seed=0).eval()
+    model = build_model(Recipe(), seed=0).eval()
     ev = evaluate(model, induction_batch(64, generator=torch.Generator().manual_seed(1)))
     assert ev["prev_token_scores"][0, 0] >= 0.8
     assert ev["induction_scores"].max() < 0.2  # the induction head is learned, not built
@@ -95,3 +102,81 @@ def test_constructed_previous_token_head_is_present_at_initialisation():
 def test_unknown_zoo_model():
     with pytest.raises(UnknownZooModel, match="unknown zoo model 'nope'; available: toy-induction"):
         ensure_zoo_model("nope")
+
+
+# ---- atomic writes and typed errors ---------------------------------------------------------------------------------
+def tiny_induction(out_dir: Path, *, seed: int, progress: bool) -> dict:
+    """A two-step toy-induction: the whole training and saving path in about a second."""
+    return train_induction(out_dir, seed=seed, progress=progress, recipe=Recipe(steps=2, threads=1))
+
+
+def trainer_without_marker(out_dir: Path, *, seed: int, progress: bool) -> dict:
+    (Path(out_dir) / "model.safetensors").write_bytes(b"half a model")
+    return {}
+
+
+@pytest.fixture
+def fake_zoo(tmp_path, monkeypatch):
+    """An empty zoo folder, and ``add(name, trainer)`` to register a zoo entry trained by a function of this file."""
+    monkeypatch.setenv("ACDC_ZOO_DIR", str(tmp_path / "zoo"))
+
+    def add(name, trainer):
+        monkeypatch.setitem(ZOO, name, ZooSpec(name, "a test model", f"{__name__}:{trainer.__name__}"))
+
+    return add
+
+
+def _disk_full(fd: int) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_the_marker_is_written_last_and_atomically(tmp_path, monkeypatch):
+    """A failure while zoo.json is being written (a full disk) leaves no marker, not half of one: the folder never
+    passes for a trained model."""
+    monkeypatch.setattr(os, "fsync", _disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        tiny_induction(tmp_path / "m", seed=0, progress=False)
+    names = sorted(f.name for f in (tmp_path / "m").iterdir())
+    assert "model.safetensors" in names and "tokenizer.json" in names  # the model was saved first ...
+    assert "zoo.json" not in names and not [n for n in names if n.startswith(".")]  # ... no marker, no temp file
+    monkeypatch.undo()
+    meta = tiny_induction(tmp_path / "m", seed=0, progress=False)
+    assert (tmp_path / "m" / "zoo.json").read_text().startswith("{") and meta["recipe"]["steps"] == 2
+
+
+def test_interrupted_training_leaves_no_model_and_a_typed_error(fake_zoo, monkeypatch):
+    fake_zoo("tiny", tiny_induction)
+    with monkeypatch.context() as m:
+        m.setattr(os, "fsync", _disk_full)
+        with pytest.raises(ZooTrainingError, match=r"could not save zoo model 'tiny' in .*No space left") as e:
+            ensure_zoo_model("tiny", progress=False)
+    assert e.value.exit_code == 1 and "\n" not in str(e.value)
+    assert not is_trained("tiny") and list(zoo_dir().iterdir()) == []  # no model folder, no temporary folder
+    path = ensure_zoo_model("tiny", progress=False)
+    assert is_trained("tiny") and sorted(p.name for p in zoo_dir().iterdir()) == ["tiny"] and path.name == "tiny"
+
+
+def test_a_trainer_that_writes_no_marker_is_a_typed_error(fake_zoo):
+    fake_zoo("broken", trainer_without_marker)
+    with pytest.raises(ZooTrainingError, match="'broken' finished without writing zoo.json"):
+        ensure_zoo_model("broken", progress=False)
+    assert not is_trained("broken") and list(zoo_dir().iterdir()) == []
+
+
+def test_a_diverging_recipe_is_a_typed_error(tmp_path):
+    with pytest.raises(ZooTrainingError, match=r"training zoo:toy-induction diverged: the loss is nan at step \d+"):
+        train_induction(tmp_path / "m", seed=0, progress=False, recipe=Recipe(steps=5, lr=1e38, threads=1))
+    assert not (tmp_path / "m").exists()
+
+
+def test_an_unwritable_zoo_folder_is_one_line_from_the_cli(tmp_path, monkeypatch):
+    from acdc.cli.main import main
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("ACDC_ZOO_DIR", str(blocked / "zoo"))
+    with pytest.raises(ZooTrainingError, match="set ACDC_ZOO_DIR to a writable folder"):
+        ensure_zoo_model("toy-induction", progress=False)
+    r = CliRunner().invoke(main, ["zoo", "train", "toy-induction"])
+    assert r.exit_code == 1, r.output
+    assert r.output.count("\n") == 1 and "ACDC_ZOO_DIR" in r.output

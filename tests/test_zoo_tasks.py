@@ -13,9 +13,12 @@ import pytest
 import torch
 import yaml
 
+from acdc.errors import InputError
 from acdc.metrics import task_metric
-from acdc.task import builtin_dir, get_task, task_from_text
+from acdc.task import TaskFileError, builtin_dir, get_task, task_from_text
 from acdc.zoo import zoo_model_path
+from acdc.zoo.ioi import load_ioi_dataset
+from acdc.zoo.refusal import RefusalData
 
 
 def _heldout_task(name: str, zoo: str, dataset_key: tuple[str, ...]):
@@ -90,3 +93,21 @@ def test_zoo_models_have_their_tokenizers(toy_ioi, toy_refusal):
     tok = toy_refusal.tokenizer
     assert tok.chat_template and "<assistant>" in tok.apply_chat_template(
         [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+
+
+def test_zoo_trainers_read_their_data_through_the_task_registry(tmp_path):
+    """The zoo trains on exactly what the validated task files say, and a task file it cannot use is a typed error."""
+    assert load_ioi_dataset() == get_task("ioi").spec.dataset
+    spec = get_task("refusal").spec
+    syn = spec.all_datasets()["synthetic"]
+    data = RefusalData.from_task()
+    assert data.templates == tuple(syn.templates) and data.harmful == tuple(syn.words["harmful"])
+    assert data.refusal == tuple(spec.answer.tokens) and data.compliance == tuple(spec.wrong.tokens)
+    with pytest.raises(InputError, match="needs a templates dataset with the slots IO, S, PLACE, OBJECT"):
+        load_ioi_dataset("induction")
+    with pytest.raises(InputError, match="needs a 'synthetic' templates dataset"):
+        RefusalData.from_task(get_task("ioi"))
+    bad = tmp_path / "ioi.yaml"
+    bad.write_text((builtin_dir() / "ioi.yaml").read_text().replace("    PLACE: places", "    PLACE: venues"))
+    with pytest.raises(TaskFileError, match=r"ioi\.yaml:\d+: dataset\.slots\.PLACE: word list 'venues'"):
+        load_ioi_dataset(bad)

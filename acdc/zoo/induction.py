@@ -24,8 +24,6 @@ induction head had not formed after 1,000 steps).
 
 from __future__ import annotations
 
-import json
-import logging
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -34,7 +32,8 @@ from typing import Any
 
 import torch
 
-logger = logging.getLogger(__name__)
+from acdc.task import RepeatedBatch, fill_repeated, sample_repeated
+from acdc.zoo.train import TrainRecipe, fit, new_gpt2, save_model, torch_threads
 
 BOS_TOKEN = "<bos>"
 SPECIAL_TOKENS = (BOS_TOKEN, "<pad>", "<unk>")
@@ -43,55 +42,6 @@ N_CONTENT_TOKENS = 64
 VOCAB_LO = len(SPECIAL_TOKENS)
 VOCAB_HI = VOCAB_LO + N_CONTENT_TOKENS
 VOCAB_SIZE = VOCAB_HI
-
-
-@dataclass(frozen=True)
-class InductionBatch:
-    """Induction sequences.
-
-    tokens: ``[n, seq_len]``. repeated: ``[n, seq_len]`` bool, True at positions p inside the second occurrence
-    whose next token ``tokens[:, p + 1]`` is also inside it (so it is predictable by copying). filler_len, seg_len:
-    ``[n]``; the first occurrence starts at ``1 + filler_len``, the second at ``1 + filler_len + seg_len``.
-    """
-
-    tokens: torch.Tensor
-    repeated: torch.Tensor
-    filler_len: torch.Tensor
-    seg_len: torch.Tensor
-
-    @property
-    def second_start(self) -> torch.Tensor:
-        return 1 + self.filler_len + self.seg_len
-
-
-def _fill(
-    filler_len: torch.Tensor,
-    seg_len: torch.Tensor,
-    *,
-    generator: torch.Generator,
-    vocab_lo: int,
-    vocab_hi: int,
-    seq_len: int,
-    bos_id: int,
-) -> InductionBatch:
-    n = filler_len.shape[0]
-    if int((1 + filler_len + 2 * seg_len).max()) > seq_len:
-        raise ValueError(f"seq_len {seq_len} is too short for filler + two segments")
-    n_vocab = vocab_hi - vocab_lo
-    tokens = torch.randint(vocab_lo, vocab_hi, (n, seq_len), generator=generator)
-    distinct = torch.rand((n, n_vocab), generator=generator).argsort(dim=1) + vocab_lo
-    pos = torch.arange(seq_len).unsqueeze(0)
-    second = (1 + filler_len + seg_len).unsqueeze(1)
-    end = second + seg_len.unsqueeze(1)
-    width = min(seq_len - 1, n_vocab)
-    head = torch.zeros_like(tokens)
-    head[:, 1 : 1 + width] = distinct[:, :width]
-    tokens = torch.where((pos >= 1) & (pos < second), head, tokens)
-    tokens[:, 0] = bos_id
-    src = torch.where((pos >= second) & (pos < end), pos - seg_len.unsqueeze(1), pos)
-    tokens = tokens.gather(1, src)
-    repeated = (pos >= second) & (pos < end - 1)
-    return InductionBatch(tokens=tokens, repeated=repeated, filler_len=filler_len, seg_len=seg_len)
 
 
 def induction_batch(
@@ -104,27 +54,27 @@ def induction_batch(
     filler_len: tuple[int, int] = (0, 9),
     seq_len: int = 48,
     bos_id: int = BOS_ID,
-) -> InductionBatch:
-    """``n`` random induction sequences with segment and filler lengths drawn uniformly from the given ranges."""
-    f = torch.randint(filler_len[0], filler_len[1] + 1, (n,), generator=generator)
-    s = torch.randint(seg_len[0], seg_len[1] + 1, (n,), generator=generator)
-    return _fill(f, s, generator=generator, vocab_lo=vocab_lo, vocab_hi=vocab_hi, seq_len=seq_len, bos_id=bos_id)
+) -> RepeatedBatch:
+    """``n`` random induction sequences (:func:`~acdc.task.sample_repeated` over the toy vocabulary) with segment and
+    filler lengths drawn uniformly from the given ranges."""
+    return sample_repeated(n, generator=generator, seg_len=seg_len, filler_len=filler_len, vocab_lo=vocab_lo,
+                           vocab_hi=vocab_hi, seq_len=seq_len, bos_id=bos_id)
 
 
 def induction_counterfactual(
-    batch: InductionBatch,
+    batch: RepeatedBatch,
     *,
     generator: torch.Generator,
     vocab_lo: int = VOCAB_LO,
     vocab_hi: int = VOCAB_HI,
     bos_id: int = BOS_ID,
-) -> InductionBatch:
+) -> RepeatedBatch:
     """Fresh random sequences with the same filler and segment lengths (both halves new)."""
-    return _fill(batch.filler_len, batch.seg_len, generator=generator, vocab_lo=vocab_lo, vocab_hi=vocab_hi,
-                 seq_len=batch.tokens.shape[1], bos_id=bos_id)
+    return fill_repeated(batch.filler_len, batch.seg_len, generator=generator, vocab_lo=vocab_lo, vocab_hi=vocab_hi,
+                         seq_len=batch.tokens.shape[1], bos_id=bos_id)
 
 
-def head_scores(attentions: tuple[torch.Tensor, ...], batch: InductionBatch) -> tuple[torch.Tensor, torch.Tensor]:
+def head_scores(attentions: tuple[torch.Tensor, ...], batch: RepeatedBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """Previous-token and induction scores ``[n_layers, n_heads]`` from attention patterns ``[n, H, S, S]``.
 
     previous-token: mean attention from p to p - 1 over all positions p >= 1. induction: mean attention, over
@@ -144,7 +94,7 @@ def head_scores(attentions: tuple[torch.Tensor, ...], batch: InductionBatch) -> 
 
 
 @torch.no_grad()
-def evaluate(model: Any, batch: InductionBatch) -> dict[str, Any]:
+def evaluate(model: Any, batch: RepeatedBatch) -> dict[str, Any]:
     """Next-token accuracy on the repeated positions and the head scores of a Hugging Face GPT-2 (eager)."""
     out = model(batch.tokens, output_attentions=True)
     mask = batch.repeated[:, :-1]
@@ -154,32 +104,21 @@ def evaluate(model: Any, batch: InductionBatch) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class Recipe:
-    n_layer: int = 2
-    n_head: int = 4
-    d_model: int = 64
+class Recipe(TrainRecipe):
     n_ctx: int = 64
-    seq_len: int = 48
     steps: int = 1000
-    batch_size: int = 64
     lr: float = 2e-3
     warmup: int = 100
+    seq_len: int = 48
+    batch_size: int = 64
     planted_scale: float = 4.0  # query/key gain of the constructed previous-token head
     position_scale: float = 0.05
-    threads: int = 2
 
 
-def _build(recipe: Recipe, seed: int) -> Any:
-    from transformers import GPT2Config
-
-    cfg = GPT2Config(
-        vocab_size=VOCAB_SIZE, n_positions=recipe.n_ctx, n_embd=recipe.d_model, n_layer=recipe.n_layer,
-        n_head=recipe.n_head, n_inner=4, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        bos_token_id=BOS_ID, eos_token_id=BOS_ID, pad_token_id=1, tie_word_embeddings=False,
-    )
-    from acdc.zoo.registry import seeded_gpt2
-
-    model = seeded_gpt2(cfg, seed)
+def build_model(recipe: Recipe, seed: int) -> Any:
+    """The untrained model: attention-only GPT-2 with sinusoidal positions and head 0 of layer 0 constructed as a
+    previous-token head (gradient hooks keep the constructed parts fixed)."""
+    model = new_gpt2(recipe, seed, vocab_size=VOCAB_SIZE, d_mlp=4, bos_id=BOS_ID, pad_id=1, tie_embeddings=False)
     for block in model.transformer.h:  # attention-only: MLPs zeroed and frozen (the architecture stays GPT-2)
         for p in block.mlp.parameters():
             p.data.zero_()
@@ -228,46 +167,26 @@ def train_induction(out_dir: Path, *, seed: int, progress: bool = True, recipe: 
 
     Returns the metadata also written to ``out_dir/zoo.json`` (written last: it marks a complete model).
     """
-    from tqdm.auto import tqdm
-
     from acdc.models import word_level_tokenizer
 
     recipe = recipe or Recipe()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(recipe.threads)
-    try:
+    with torch_threads(recipe.threads):
         t0 = time.perf_counter()
-        model = _build(recipe, seed)
+        model = build_model(recipe, seed)
         gen = torch.Generator().manual_seed(seed + 1)
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.0)
 
-        def lr_at(step: int) -> float:
-            warm = min(1.0, (step + 1) / recipe.warmup)
-            return warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / recipe.steps)))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-        model.train()
-        for _ in tqdm(range(recipe.steps), desc="training zoo:toy-induction", disable=not progress):
+        def step_loss() -> torch.Tensor:
             b = induction_batch(recipe.batch_size, generator=gen, seq_len=recipe.seq_len)
             logits = model(b.tokens).logits[:, :-1]
             mask = b.repeated[:, :-1]
-            loss = torch.nn.functional.cross_entropy(logits[mask], b.tokens[:, 1:][mask])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        model.eval()
+            return torch.nn.functional.cross_entropy(logits[mask], b.tokens[:, 1:][mask])
+
+        fit(model, recipe, step_loss, name="toy-induction", progress=progress)
         held = induction_batch(512, generator=torch.Generator().manual_seed(seed + 10_000), seq_len=recipe.seq_len)
         ev = evaluate(model, held)
         seconds = time.perf_counter() - t0
-    finally:
-        torch.set_num_threads(threads)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
     vocab = list(SPECIAL_TOKENS) + [f"t{i}" for i in range(N_CONTENT_TOKENS)]
-    word_level_tokenizer(vocab, bos=BOS_TOKEN, unk="<unk>", pad="<pad>").save_pretrained(out_dir)
+    tok = word_level_tokenizer(vocab, bos=BOS_TOKEN, unk="<unk>", pad="<pad>")
     meta = {
         "name": "toy-induction",
         "seed": seed,
@@ -277,6 +196,4 @@ def train_induction(out_dir: Path, *, seed: int, progress: bool = True, recipe: 
         "prev_token_scores": [[round(float(x), 3) for x in r] for r in ev["prev_token_scores"]],
         "induction_scores": [[round(float(x), 3) for x in r] for r in ev["induction_scores"]],
     }
-    (out_dir / "zoo.json").write_text(json.dumps(meta, indent=1))
-    logger.info("trained toy-induction in %.0f s: %s", seconds, meta)
-    return meta
+    return save_model(out_dir, model, tok, meta)

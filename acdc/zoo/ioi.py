@@ -41,9 +41,6 @@ which we put down to the untrained, randomly initialised embeddings of the held-
 
 from __future__ import annotations
 
-import json
-import logging
-import math
 import random
 import re
 import time
@@ -54,7 +51,9 @@ from typing import Any
 
 import torch
 
-logger = logging.getLogger(__name__)
+from acdc.errors import InputError
+from acdc.task import TemplatesDataset, get_task
+from acdc.zoo.train import TrainRecipe, fit, last_logits, new_gpt2, save_model, torch_threads
 
 BOS_TOKEN = "<bos>"
 PAD_TOKEN = "<pad>"
@@ -67,20 +66,19 @@ HELDOUT_TEMPLATES = (4, 7, 12, 15)
 _SLOT = re.compile(r"\{(\w+)\}")
 
 
-def load_ioi_dataset(path: Path | None = None) -> dict[str, Any]:
-    """The ``dataset`` section of ``tasks/ioi.yaml`` (templates, slots, words)."""
-    import yaml
+IOI_SLOTS = ("IO", "S", "PLACE", "OBJECT")
 
-    if path is None:
-        import acdc
 
-        path = Path(acdc.__file__).resolve().parent.parent / "tasks" / "ioi.yaml"
-        if not path.is_file():
-            from importlib.resources import files
-
-            text = (files("acdc.tasks") / "ioi.yaml").read_text()
-            return dict(yaml.safe_load(text)["dataset"])
-    return dict(yaml.safe_load(Path(path).read_text())["dataset"])
+def load_ioi_dataset(task: str | Path = "ioi") -> TemplatesDataset:
+    """The templates dataset of the IOI task (default: the built-in ``tasks/ioi.yaml``), read and validated by the
+    task registry. Raises InputError if the task's default dataset is not a templates dataset with the slots
+    IO, S, PLACE and OBJECT."""
+    t = get_task(task)
+    ds = t.spec.all_datasets()[t.spec.default_dataset_name]
+    if not isinstance(ds, TemplatesDataset) or not set(IOI_SLOTS) <= set(ds.slots):
+        raise InputError(f"task {t.name}: the IOI zoo model needs a templates dataset with the slots "
+                         f"{', '.join(IOI_SLOTS)}")
+    return ds
 
 
 @dataclass(frozen=True)
@@ -109,20 +107,20 @@ def render(template: str, fill: dict[str, str], *, s2: str | None = None) -> str
     return _SLOT.sub(sub, template)
 
 
-def _fill(template: str, io: str, s: str, place: str, obj: str, *, s2: str | None = None) -> str:
+def _ioi_text(template: str, io: str, s: str, place: str, obj: str, *, s2: str | None = None) -> str:
     return render(template, {"IO": io, "S": s, "PLACE": place, "OBJECT": obj}, s2=s2)
 
 
 def ioi_prompts(
-    n: int, *, seed: int, templates: Sequence[int] | None = None, dataset: dict[str, Any] | None = None
+    n: int, *, seed: int, templates: Sequence[int] | None = None, dataset: TemplatesDataset | None = None
 ) -> list[IOIPrompt]:
     """``n`` IOI prompts, deterministic in ``seed``: a template drawn uniformly from ``templates`` (default all),
     IO != S drawn from the names, a place and an object."""
     ds = dataset or load_ioi_dataset()
-    tpl: list[str] = ds["templates"]
+    tpl = ds.templates
     idx = list(range(len(tpl))) if templates is None else list(templates)
-    words = ds["words"]
-    slots = ds["slots"]
+    words = ds.words
+    slots = ds.slots
     names, places, objects = words[slots["IO"]], words[slots["PLACE"]], words[slots["OBJECT"]]
     rng = random.Random(seed)
     out = []
@@ -130,39 +128,39 @@ def ioi_prompts(
         t = rng.choice(idx)
         io, s = rng.sample(names, 2)
         place, obj = rng.choice(places), rng.choice(objects)
-        out.append(IOIPrompt(t, io, s, place, obj, _fill(tpl[t], io, s, place, obj)))
+        out.append(IOIPrompt(t, io, s, place, obj, _ioi_text(tpl[t], io, s, place, obj)))
     return out
 
 
-def abc_texts(prompts: Sequence[IOIPrompt], *, seed: int, dataset: dict[str, Any] | None = None) -> list[str]:
+def abc_texts(prompts: Sequence[IOIPrompt], *, seed: int, dataset: TemplatesDataset | None = None) -> list[str]:
     """The "ABC" counterfactual: IO, S1 and S2 replaced by three distinct names not in the clean prompt."""
     ds = dataset or load_ioi_dataset()
-    names = ds["words"][ds["slots"]["IO"]]
+    names = ds.words[ds.slots["IO"]]
     rng = random.Random(seed)
     out = []
     for p in prompts:
         a, b, c = rng.sample([x for x in names if x not in (p.io, p.s)], 3)
-        out.append(_fill(ds["templates"][p.template], a, b, p.place, p.obj, s2=c))
+        out.append(_ioi_text(ds.templates[p.template], a, b, p.place, p.obj, s2=c))
     return out
 
 
-def flip_texts(prompts: Sequence[IOIPrompt], *, dataset: dict[str, Any] | None = None) -> list[str]:
+def flip_texts(prompts: Sequence[IOIPrompt], *, dataset: TemplatesDataset | None = None) -> list[str]:
     """The "S2-IO flip" counterfactual: the second mention of S replaced by IO (the answer becomes S)."""
     ds = dataset or load_ioi_dataset()
-    return [_fill(ds["templates"][p.template], p.io, p.s, p.place, p.obj, s2=p.io) for p in prompts]
+    return [_ioi_text(ds.templates[p.template], p.io, p.s, p.place, p.obj, s2=p.io) for p in prompts]
 
 
-def ioi_vocab(dataset: dict[str, Any] | None = None) -> list[str]:
+def ioi_vocab(dataset: TemplatesDataset | None = None) -> list[str]:
     """Specials, then every word of every template (held-out ones included) and of every word list."""
     from acdc.models import word_level_vocab
 
     ds = dataset or load_ioi_dataset()
-    texts = [_SLOT.sub(" ", t) for t in ds["templates"]]
-    texts += [w for ws in ds["words"].values() for w in ws]
+    texts = [_SLOT.sub(" ", t) for t in ds.templates]
+    texts += [w for ws in ds.words.values() for w in ws]
     return list(SPECIAL_TOKENS) + [w for w in word_level_vocab(texts) if w not in SPECIAL_TOKENS]
 
 
-def ioi_tokenizer(dataset: dict[str, Any] | None = None) -> Any:
+def ioi_tokenizer(dataset: TemplatesDataset | None = None) -> Any:
     """The word-level tokenizer of ``toy-ioi`` over :func:`ioi_vocab` (punctuation split off words)."""
     from acdc.models import word_level_tokenizer
 
@@ -182,13 +180,6 @@ def encode(tok: Any, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
 def name_ids(tok: Any, names: Sequence[str]) -> torch.Tensor:
     """The single token id of each name (as it appears after a space)."""
     return torch.tensor([tok(" " + x, add_special_tokens=False).input_ids[0] for x in names])
-
-
-def _last_logits(model: Any, ids: torch.Tensor, last: torch.Tensor, **kw: Any) -> tuple[torch.Tensor, Any]:
-    """Logits ``[n, vocab]`` at each prompt's last real token (right padding is masked; being causal, it has no
-    effect on those positions) and the full model output."""
-    out = model(ids, attention_mask=(torch.arange(ids.shape[1]) <= last[:, None]).long(), **kw)
-    return out.logits[torch.arange(ids.shape[0]), last], out
 
 
 @dataclass(frozen=True)
@@ -214,7 +205,7 @@ def ioi_batch(
     *,
     seed: int,
     templates: Sequence[int] | None = None,
-    dataset: dict[str, Any] | None = None,
+    dataset: TemplatesDataset | None = None,
 ) -> IOIBatch:
     """``n`` prompts of :func:`ioi_prompts` (``seed``; ``templates`` default all) with their ABC (names drawn from
     ``seed + 1``) and S2-IO flip counterfactuals, tokenized as the evaluation code does (:func:`encode`)."""
@@ -224,7 +215,8 @@ def ioi_batch(
     abc, abc_last = encode(tok, abc_texts(prompts, seed=seed + 1, dataset=ds))
     flip, flip_last = encode(tok, flip_texts(prompts, dataset=ds))
     if not (torch.equal(last, abc_last) and torch.equal(last, flip_last)):
-        raise ValueError("IOI counterfactuals must tokenize to the same lengths as the clean prompts")
+        raise InputError("IOI counterfactuals must tokenize to the same lengths as the clean prompts; every name must "
+                         "be one token")
     io = name_ids(tok, [p.io for p in prompts])
     s = name_ids(tok, [p.s for p in prompts])
     is_s = clean == s[:, None]
@@ -245,7 +237,7 @@ def evaluate(
     n: int = 1024,
     seed: int = 10_000,
     templates: Sequence[int] | None = HELDOUT_TEMPLATES,
-    dataset: dict[str, Any] | None = None,
+    dataset: TemplatesDataset | None = None,
     batch: IOIBatch | None = None,
 ) -> dict[str, Any]:
     """IOI metrics of a Hugging Face GPT-2 on ``batch`` (default: ``ioi_batch(tok, n, seed=seed, templates=...)``,
@@ -259,9 +251,9 @@ def evaluate(
     """
     b = batch or ioi_batch(tok, n, seed=seed, templates=templates, dataset=dataset)
     ar = torch.arange(len(b.last))
-    clean, out = _last_logits(model, b.clean, b.last, output_attentions=True)
-    abc, _ = _last_logits(model, b.abc, b.last)
-    flip, _ = _last_logits(model, b.flip, b.last)
+    clean, out = last_logits(model, b.clean, b.last, output_attentions=True)
+    abc, _ = last_logits(model, b.abc, b.last)
+    flip, _ = last_logits(model, b.flip, b.last)
     diff = clean[ar, b.io] - clean[ar, b.s]
     res: dict[str, Any] = {
         "accuracy": (clean.argmax(-1) == b.io).float().mean().item(),
@@ -280,23 +272,18 @@ def evaluate(
 
 
 @dataclass(frozen=True)
-class Recipe:
-    n_layer: int = 2
-    n_head: int = 4
-    d_model: int = 64
-    n_inner: int = 256
+class Recipe(TrainRecipe):
     n_ctx: int = 32
     steps: int = 1200
-    batch_size: int = 64
     lr: float = 5e-3
     warmup: int = 100
-    weight_decay: float = 0.0
+    d_mlp: int = 256
+    batch_size: int = 64
     tie_embeddings: bool = True
     activation: str = "relu"
     pos_offset: int = 12  # training prompts start at a random position 0..pos_offset
     p_replace: float = 0.1  # each literal template word (not the final "to") is replaced by a random one ...
     p_insert: float = 0.1  # ... and has a random word inserted before it
-    threads: int = 2
 
 
 class _TemplateIds:
@@ -304,12 +291,12 @@ class _TemplateIds:
 
     LITERAL, IO, S1, S2, PLACE, OBJECT = range(6)
 
-    def __init__(self, tok: Any, dataset: dict[str, Any], templates: Sequence[int]) -> None:
+    def __init__(self, tok: Any, dataset: TemplatesDataset, templates: Sequence[int]) -> None:
         rows: list[list[int]] = []
         codes: list[list[int]] = []
         for t in templates:
             row, code = [tok.bos_token_id], [self.LITERAL]
-            pieces = _SLOT.split(dataset["templates"][t])  # literal, slot, literal, slot, ..., literal
+            pieces = _SLOT.split(dataset.templates[t])  # literal, slot, literal, slot, ..., literal
             n_s = 0
             for i, piece in enumerate(pieces):
                 if i % 2 == 0:
@@ -332,7 +319,7 @@ class _TemplateIds:
             self.ids[i, : len(r)] = torch.tensor(r)
             self.codes[i, : len(cs)] = torch.tensor(cs)
         self.last = torch.tensor([len(r) - 1 for r in rows])
-        words, slots = dataset["words"], dataset["slots"]
+        words, slots = dataset.words, dataset.slots
         self.names = name_ids(tok, words[slots["IO"]])
         self.places = name_ids(tok, words[slots["PLACE"]])
         self.objects = name_ids(tok, words[slots["OBJECT"]])
@@ -368,7 +355,8 @@ class _TemplateIds:
             ids, last = _augment(ids, last, codes, self.pool, p_replace=recipe.p_replace, p_insert=recipe.p_insert,
                                  pad_id=self.pad_id, generator=generator)
         if int(last.max()) >= recipe.n_ctx:
-            raise ValueError(f"an augmented IOI prompt has {int(last.max()) + 1} tokens; n_ctx is {recipe.n_ctx}")
+            raise InputError(f"an augmented IOI prompt has {int(last.max()) + 1} tokens, more than the recipe's "
+                             f"n_ctx {recipe.n_ctx}")
         room = (recipe.n_ctx - 1 - last).clamp(max=recipe.pos_offset)
         off = (torch.rand(len(last), generator=generator) * (room + 1)).long().clamp(max=room)
         # clamped only where padding would run past the context (it is never read)
@@ -412,19 +400,10 @@ def _augment(
     return out, torch.tensor([len(x) - 1 for x in rows])
 
 
-def _build(recipe: Recipe, seed: int, vocab_size: int) -> Any:
-    from transformers import GPT2Config
-
-    cfg = GPT2Config(
-        vocab_size=vocab_size, n_positions=recipe.n_ctx, n_embd=recipe.d_model, n_layer=recipe.n_layer,
-        n_head=recipe.n_head, n_inner=recipe.n_inner, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        bos_token_id=0, eos_token_id=0, pad_token_id=1,
-        tie_word_embeddings=recipe.tie_embeddings, activation_function=recipe.activation,
-    )
-    from acdc.zoo.registry import seeded_gpt2
-
-    model = seeded_gpt2(cfg, seed)
-    return model
+def build_model(recipe: Recipe, seed: int, vocab_size: int) -> Any:
+    """The untrained GPT-2 of ``recipe`` over ``vocab_size`` tokens."""
+    return new_gpt2(recipe, seed, vocab_size=vocab_size, d_mlp=recipe.d_mlp, bos_id=0, pad_id=1,
+                    tie_embeddings=recipe.tie_embeddings, activation=recipe.activation)
 
 
 def train_ioi(out_dir: Path, *, seed: int, progress: bool = True, recipe: Recipe | None = None) -> dict:
@@ -433,44 +412,24 @@ def train_ioi(out_dir: Path, *, seed: int, progress: bool = True, recipe: Recipe
     Trains on every template except :data:`HELDOUT_TEMPLATES`; evaluates on 1,024 prompts of the held-out ones.
     Returns the metadata also written to ``out_dir/zoo.json`` (written last: it marks a complete model).
     """
-    from tqdm.auto import tqdm
-
     recipe = recipe or Recipe()
     ds = load_ioi_dataset()
     tok = ioi_tokenizer(ds)
-    train_tpl = [i for i in range(len(ds["templates"])) if i not in HELDOUT_TEMPLATES]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(recipe.threads)
-    try:
+    train_tpl = [i for i in range(len(ds.templates)) if i not in HELDOUT_TEMPLATES]
+    with torch_threads(recipe.threads):
         t0 = time.perf_counter()
-        model = _build(recipe, seed, len(tok))
-        opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-
-        def lr_at(step: int) -> float:
-            warm = min(1.0, (step + 1) / recipe.warmup)
-            return warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / recipe.steps)))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-        model.train()
+        model = build_model(recipe, seed, len(tok))
         sampler = _TemplateIds(tok, ds, train_tpl)
         gen = torch.Generator().manual_seed(seed + 1)
-        for _ in tqdm(range(recipe.steps), desc="training zoo:toy-ioi", disable=not progress):
+
+        def step_loss() -> torch.Tensor:
             ids, last, target, pos = sampler.batch(recipe, gen)
-            logits, _ = _last_logits(model, ids, last, position_ids=pos)
-            loss = torch.nn.functional.cross_entropy(logits, target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        model.eval()
+            logits, _ = last_logits(model, ids, last, position_ids=pos)
+            return torch.nn.functional.cross_entropy(logits, target)
+
+        fit(model, recipe, step_loss, name="toy-ioi", progress=progress)
         ev = evaluate(model, tok, n=1024, seed=seed + 10_000, templates=HELDOUT_TEMPLATES, dataset=ds)
         seconds = time.perf_counter() - t0
-    finally:
-        torch.set_num_threads(threads)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
     meta: dict[str, Any] = {
         "name": "toy-ioi",
         "seed": seed,
@@ -486,6 +445,4 @@ def train_ioi(out_dir: Path, *, seed: int, progress: bool = True, recipe: Recipe
     }
     for key in ("end_to_io", "end_to_s1", "end_to_s2", "s2_to_io"):
         meta[key] = [[round(float(x), 3) for x in r] for r in ev[key]]
-    (out_dir / "zoo.json").write_text(json.dumps(meta, indent=1))
-    logger.info("trained toy-ioi in %.0f s: %s", seconds, meta)
-    return meta
+    return save_model(out_dir, model, tok, meta)

@@ -41,9 +41,6 @@ still passed for seeds 0-5, but the smallest harmful margin fell to +0.04.
 
 from __future__ import annotations
 
-import json
-import logging
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,7 +48,9 @@ from typing import Any
 
 import torch
 
-logger = logging.getLogger(__name__)
+from acdc.errors import InputError
+from acdc.task import Task, TemplatesDataset, get_task
+from acdc.zoo.train import TrainRecipe, fit, last_logits, new_gpt2, save_model, torch_threads
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} {% endfor %}"
@@ -59,21 +58,6 @@ CHAT_TEMPLATE = (
 )
 SPECIAL_TOKENS = ("<bos>", "<pad>", "<unk>", "<user>", "<assistant>")
 SLOT = "{OBJECT}"
-
-
-def load_task(path: Path | None = None) -> dict[str, Any]:
-    """``tasks/refusal.yaml`` (from the source tree, else from the installed ``acdc.tasks`` package data)."""
-    import yaml
-
-    if path is None:
-        import acdc
-
-        path = Path(acdc.__file__).resolve().parent.parent / "tasks" / "refusal.yaml"
-        if not path.is_file():
-            from importlib.resources import files
-
-            return yaml.safe_load((files("acdc.tasks") / "refusal.yaml").read_text())  # type: ignore[no-any-return]
-    return yaml.safe_load(Path(path).read_text())  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -88,15 +72,25 @@ class RefusalData:
     compliance: tuple[str, ...]
 
     @classmethod
-    def from_task(cls, task: dict[str, Any] | None = None) -> RefusalData:
-        task = task if task is not None else load_task()
-        syn = task["datasets"]["synthetic"]
+    def from_task(cls, task: Task | None = None) -> RefusalData:
+        """The data of ``task`` (default: the built-in ``refusal`` task, read through the task registry).
+
+        Raises InputError if the task lacks what the zoo model is trained on: a ``synthetic`` templates dataset with
+        ``harmful`` and ``harmless`` word lists, and fixed ``answer`` / ``wrong`` token sets."""
+        task = task if task is not None else get_task("refusal")
+        spec = task.spec
+        syn = spec.all_datasets().get("synthetic")
+        answer, wrong = spec.answer.tokens, spec.wrong.tokens if spec.wrong is not None else None
+        if (not isinstance(syn, TemplatesDataset) or not {"harmful", "harmless"} <= set(syn.words) or answer is None
+                or wrong is None):
+            raise InputError(f"task {task.name}: the refusal zoo model needs a 'synthetic' templates dataset with "
+                             "word lists 'harmful' and 'harmless', and answer and wrong given as tokens")
         return cls(
-            templates=tuple(syn["templates"]),
-            harmful=tuple(syn["words"]["harmful"]),
-            harmless=tuple(syn["words"]["harmless"]),
-            refusal=tuple(task["answer"]["tokens"]),
-            compliance=tuple(task["wrong"]["tokens"]),
+            templates=tuple(syn.templates),
+            harmful=tuple(syn.words["harmful"]),
+            harmless=tuple(syn.words["harmless"]),
+            refusal=tuple(answer),
+            compliance=tuple(wrong),
         )
 
     def vocab(self) -> list[str]:
@@ -156,23 +150,8 @@ def encode(tok: Any, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
 def token_ids(tok: Any, words: tuple[str, ...] | list[str]) -> list[int]:
     ids = tok.convert_tokens_to_ids(list(words))
     if tok.unk_token_id in ids:
-        raise ValueError(f"answer tokens {words} are not all in the vocabulary")
+        raise InputError(f"answer tokens {words} are not all in the tokenizer's vocabulary")
     return list(ids)
-
-
-def last_logits(
-    model: Any, ids: torch.Tensor, last: torch.Tensor, position_ids: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Logits ``[n, vocab]`` at each prompt's last real token.
-
-    Right padding is invisible to the last real token under causal attention; the attention mask passed here
-    (positions after ``last`` masked) changes nothing there and only silences Hugging Face's padding warning.
-    """
-    mask = (torch.arange(ids.shape[1]).unsqueeze(0) <= last.unsqueeze(1)).long()
-    kw = {} if position_ids is None else {"position_ids": position_ids}
-    out = model(ids, attention_mask=mask, **kw)
-    logits = out.logits if hasattr(out, "logits") else out  # HF output, or a plain tensor (TransformerLens bridge)
-    return logits[torch.arange(ids.shape[0]), last]
 
 
 def refusal_score(logits: torch.Tensor, refusal_ids: list[int], compliance_ids: list[int]) -> torch.Tensor:
@@ -196,7 +175,7 @@ def evaluate(
 
     def scores(instructions: list[str]) -> torch.Tensor:
         ids, last = encode(tok, [chat_prompt(tok, s) for s in instructions])
-        return refusal_score(last_logits(model, ids, last), r_ids, c_ids)
+        return refusal_score(last_logits(model, ids, last)[0], r_ids, c_ids)
 
     was_training = model.training
     model.eval()
@@ -222,45 +201,22 @@ def evaluate(
 
 
 @dataclass(frozen=True)
-class Recipe:
-    n_layer: int = 2
-    n_head: int = 4
-    d_model: int = 64
-    d_mlp: int = 256
+class Recipe(TrainRecipe):
     n_ctx: int = 32
-    heldout_templates: tuple[int, ...] = (3, 7, 11)
     steps: int = 200
     lr: float = 5e-3
     warmup: int = 20
-    weight_decay: float = 0.0
+    d_mlp: int = 256
+    heldout_templates: tuple[int, ...] = (3, 7, 11)
     position_shift: int = 8  # training positions are shifted by a random offset in [0, position_shift] per prompt
     word_noise: float = 0.15  # chance per template word (not object, not chat marker) of having its input embedding
     # zeroed in a training step, which is what a word of a held-out template looks like (never trained, ~0)
-    threads: int = 2
 
 
-def _build(recipe: Recipe, seed: int, vocab_size: int, tok: Any) -> Any:
-    from transformers import GPT2Config
-
-    cfg = GPT2Config(
-        vocab_size=vocab_size,
-        n_positions=recipe.n_ctx,
-        n_embd=recipe.d_model,
-        n_layer=recipe.n_layer,
-        n_head=recipe.n_head,
-        n_inner=recipe.d_mlp,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.bos_token_id,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    from acdc.zoo.registry import seeded_gpt2
-
-    model = seeded_gpt2(cfg, seed)
-    return model
+def build_model(recipe: Recipe, seed: int, vocab_size: int, tok: Any) -> Any:
+    """The untrained GPT-2 of ``recipe`` over ``vocab_size`` tokens (special token ids from ``tok``)."""
+    return new_gpt2(recipe, seed, vocab_size=vocab_size, d_mlp=recipe.d_mlp, bos_id=tok.bos_token_id,
+                    pad_id=tok.pad_token_id, tie_embeddings=False)
 
 
 def train_refusal(out_dir: Path, *, seed: int, progress: bool = True, recipe: Recipe | None = None) -> dict:
@@ -268,18 +224,14 @@ def train_refusal(out_dir: Path, *, seed: int, progress: bool = True, recipe: Re
 
     Returns the metadata also written to ``out_dir/zoo.json`` (written last: it marks a complete model).
     """
-    from tqdm.auto import tqdm
-
     recipe = recipe or Recipe()
     data = RefusalData.from_task()
     tok = data.tokenizer()
     train_t = [i for i in range(len(data.templates)) if i not in recipe.heldout_templates]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(recipe.threads)
-    try:
+    with torch_threads(recipe.threads):
         t0 = time.perf_counter()
         vocab_size = len(tok)
-        model = _build(recipe, seed, vocab_size, tok)
+        model = build_model(recipe, seed, vocab_size, tok)
         gen = torch.Generator().manual_seed(seed + 1)
         bad = render_prompts(data, train_t, "harmful", tok=tok)
         ok = render_prompts(data, train_t, "harmless", tok=tok)
@@ -298,16 +250,8 @@ def train_refusal(out_dir: Path, *, seed: int, progress: bool = True, recipe: Re
         noisy = ~torch.isin(ids, objs) & ~torch.isin(ids, special)
         mask = (torch.arange(ids.shape[1]).unsqueeze(0) <= last.unsqueeze(1)).long()
         rows = torch.arange(n)
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
 
-        def lr_at(step: int) -> float:
-            warm = min(1.0, (step + 1) / recipe.warmup)
-            return warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / recipe.steps)))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-        model.train()
-        for _ in tqdm(range(recipe.steps), desc="training zoo:toy-refusal", disable=not progress):
+        def step_loss() -> torch.Tensor:
             pos = None
             if recipe.position_shift > 0:
                 shift = torch.randint(0, recipe.position_shift + 1, (n, 1), generator=gen)
@@ -316,21 +260,12 @@ def train_refusal(out_dir: Path, *, seed: int, progress: bool = True, recipe: Re
             emb = model.transformer.wte(ids) * keep.unsqueeze(-1)
             logits = model(inputs_embeds=emb, attention_mask=mask, position_ids=pos).logits[rows, last]
             logp = logits.log_softmax(-1)
-            loss = -((target * logp).sum(-1) * weight).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        model.eval()
+            return -((target * logp).sum(-1) * weight).sum()
+
+        fit(model, recipe, step_loss, name="toy-refusal", progress=progress)
         ev = evaluate(model, tok, recipe.heldout_templates, data)
         ev_train = evaluate(model, tok, train_t, data)
         seconds = time.perf_counter() - t0
-    finally:
-        torch.set_num_threads(threads)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
     meta = {
         "name": "toy-refusal",
         "seed": seed,
@@ -340,6 +275,4 @@ def train_refusal(out_dir: Path, *, seed: int, progress: bool = True, recipe: Re
         **{k: round(v, 4) if isinstance(v, float) else v for k, v in ev.items()},
         "train": {k: round(v, 4) if isinstance(v, float) else v for k, v in ev_train.items()},
     }
-    (out_dir / "zoo.json").write_text(json.dumps(meta, indent=1))
-    logger.info("trained toy-refusal in %.0f s: %s", seconds, meta)
-    return meta
+    return save_model(out_dir, model, tok, meta)

@@ -4,7 +4,8 @@ A zoo model is a small transformer trained on this machine from a fixed seed, so
 demonstrated and tested without network access. Each model lives in its own directory under
 `zoo_dir()` and is a normal Hugging Face checkpoint (`from_pretrained` works on it). A directory is
 only ever made visible whole: training writes into a temporary sibling directory which is renamed
-into place at the end, so an interrupted run leaves no half-written model behind.
+into place at the end, so an interrupted run leaves no half-written model behind; inside it, the
+trainer writes the completion marker ``zoo.json`` last and atomically.
 """
 
 from __future__ import annotations
@@ -19,15 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from acdc.errors import UnknownZooModel
+from acdc.errors import UnknownZooModel, ZooTrainingError
 
 logger = logging.getLogger(__name__)
 
 ZOO_DIR_ENV = "ACDC_ZOO_DIR"
 """Environment variable that overrides the default cache directory of the zoo."""
 
-_COMPLETE_MARKER = "zoo.json"
-"""Written last by every trainer; a model directory without it is not a trained model."""
+MARKER = "zoo.json"
+"""Written last (atomically) by every trainer; a model directory without it is not a trained model."""
 
 TrainFn = Callable[..., dict[str, Any]]
 """`train(out_dir: Path, *, seed: int, progress: bool) -> dict` (the metadata it wrote to zoo.json)."""
@@ -84,19 +85,6 @@ ZOO: dict[str, ZooSpec] = {
 """All zoo models by name."""
 
 
-def seeded_gpt2(cfg: Any, seed: int) -> Any:
-    """``GPT2LMHeadModel(cfg)`` initialised from ``seed`` without touching the global RNG, with eager attention (the
-    zoo trainers read attention patterns)."""
-    import torch
-    from transformers import GPT2LMHeadModel
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model: Any = GPT2LMHeadModel(cfg)
-    model.set_attn_implementation("eager")
-    return model
-
-
 def zoo_dir() -> Path:
     """The directory holding trained zoo models: `$ACDC_ZOO_DIR` if set, else `~/.cache/acdc/zoo`."""
     env = os.environ.get(ZOO_DIR_ENV)
@@ -121,11 +109,14 @@ def zoo_model_path(name: str) -> Path:
 
 def is_trained(name: str) -> bool:
     """Whether `name` has a complete trained checkpoint in the cache. Raises UnknownZooModel."""
-    return (zoo_model_path(name) / _COMPLETE_MARKER).is_file()
+    return (zoo_model_path(name) / MARKER).is_file()
 
 
 def ensure_zoo_model(name: str, *, progress: bool = True, force: bool = False) -> Path:
     """Return the directory of the zoo model `name`, training it first if it is not cached.
+
+    Raises UnknownZooModel for a name the zoo does not have, and ZooTrainingError when training fails or
+    the zoo folder cannot be written.
 
     `force=True` retrains even when a cached copy exists (the old copy is replaced only once the new
     one is complete). Training writes into a temporary sibling directory that is renamed into place,
@@ -136,13 +127,18 @@ def ensure_zoo_model(name: str, *, progress: bool = True, force: bool = False) -
     path = zoo_model_path(name)
     if not force and is_trained(name):
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=path.parent))
+    except OSError as e:
+        raise ZooTrainingError(f"cannot write zoo model {name!r} into {path.parent}: {e.strerror or e}; set "
+                               f"{ZOO_DIR_ENV} to a writable folder") from e
     try:
         logger.info("training zoo model %r (seed %d) into %s", name, spec.seed, path)
         spec.train(tmp, seed=spec.seed, progress=progress)
-        if not (tmp / _COMPLETE_MARKER).is_file():
-            raise RuntimeError(f"trainer of zoo model {name!r} did not write {_COMPLETE_MARKER}")
+        if not (tmp / MARKER).is_file():
+            raise ZooTrainingError(f"the trainer of zoo model {name!r} finished without writing {MARKER}; "
+                                   "the model was not saved")
         tmp.chmod(0o755)  # mkdtemp makes it 0700; the cache is an ordinary, readable directory
         if path.exists():
             # Move the old copy aside first: rename cannot replace a non-empty directory.
@@ -155,6 +151,8 @@ def ensure_zoo_model(name: str, *, progress: bool = True, force: bool = False) -
             if not is_trained(name):
                 raise
             logger.info("zoo model %r was trained concurrently by another process; keeping that copy", name)
+    except OSError as e:
+        raise ZooTrainingError(f"could not save zoo model {name!r} in {path.parent}: {e.strerror or e}") from e
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
