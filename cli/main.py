@@ -123,7 +123,7 @@ def tasks_list() -> None:
 
 
 def _describe(t: Any) -> list[str]:
-    from acdc.task_schema import PairsDataset, RepeatedTokensDataset, TemplatesDataset
+    from acdc.task import PairsDataset, RepeatedTokensDataset, TemplatesDataset
 
     sp = t.spec
     out = [f"task        {t.name}" + (f"  ({t.path})" if t.path else ""), f"description {t.description}"]
