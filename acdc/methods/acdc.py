@@ -202,11 +202,8 @@ def _run(ctx: Context, s: Settings) -> Outcome:
         thresholds = plan_thresholds(ctx.model, ctx.graph, ctx.data, s.ablation, tuple(thresholds), s.budget_s,
                                      out.notes)
     for tau in thresholds:
-        c, cost = acdc_search(ctx.model, ctx.graph, ctx.data, tau, ablation=s.ablation, progress=ctx.progress,
-                              **s.options)
-        c.meta["label"] = f"tau={tau:g}"
-        out.circuits.append(c)
-        out.cost.add(cost)
+        out.record(*acdc_search(ctx.model, ctx.graph, ctx.data, tau, ablation=s.ablation, progress=ctx.progress,
+                                **s.options), label=f"tau={tau:g}")
     return out
 
 

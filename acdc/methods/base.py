@@ -87,6 +87,12 @@ class Outcome:
     cost: SearchCost = field(default_factory=SearchCost)
     notes: list[str] = field(default_factory=list)
 
+    def record(self, circuit: Circuit, cost: SearchCost, *, label: str) -> None:
+        """Add one found circuit (labelled for its curve point) and count its search's cost."""
+        circuit.meta["label"] = label
+        self.circuits.append(circuit)
+        self.cost.add(cost)
+
 
 @dataclass(frozen=True)
 class Method:

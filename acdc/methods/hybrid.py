@@ -146,11 +146,8 @@ def _run(ctx: Context, s: Settings) -> Outcome:
     out = Outcome(scores=scores)
     out.cost.forward_equivalents = float(scores.meta["forward_equivalents"])
     for tgt in s.targets or DEFAULT_TARGETS:
-        c, cost = hybrid_search(ctx.model, ctx.graph, ctx.data, target=tgt, ablation=s.ablation, scores=scores,
-                                progress=False, **s.options)
-        c.meta["label"] = f"target={tgt:g}"
-        out.circuits.append(c)
-        out.cost.add(cost)
+        out.record(*hybrid_search(ctx.model, ctx.graph, ctx.data, target=tgt, ablation=s.ablation, scores=scores,
+                                  progress=False, **s.options), label=f"target={tgt:g}")
     return out
 
 

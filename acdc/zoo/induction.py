@@ -105,11 +105,14 @@ def evaluate(model: Any, batch: RepeatedBatch) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Recipe(TrainRecipe):
+    """toy-induction: an attention-only GPT-2 trained on repeated random segments."""
+
     n_ctx: int = 64
     steps: int = 1000
     lr: float = 2e-3
     warmup: int = 100
     seq_len: int = 48
+    """Tokens per training sequence: BOS, filler, a random segment and its repeat."""
     batch_size: int = 64
     planted_scale: float = 4.0  # query/key gain of the constructed previous-token head
     position_scale: float = 0.05

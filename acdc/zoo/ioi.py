@@ -273,14 +273,18 @@ def evaluate(
 
 @dataclass(frozen=True)
 class Recipe(TrainRecipe):
+    """toy-ioi: a GPT-2 with MLPs trained on the IOI templates of tasks/ioi.yaml, some templates held out."""
+
     n_ctx: int = 32
     steps: int = 1200
     lr: float = 5e-3
     warmup: int = 100
     d_mlp: int = 256
+    """MLP width (toy-induction has none)."""
     batch_size: int = 64
     tie_embeddings: bool = True
     activation: str = "relu"
+    """The MLP's nonlinearity."""
     pos_offset: int = 12  # training prompts start at a random position 0..pos_offset
     p_replace: float = 0.1  # each literal template word (not the final "to") is replaced by a random one ...
     p_insert: float = 0.1  # ... and has a random word inserted before it

@@ -202,11 +202,14 @@ def evaluate(
 
 @dataclass(frozen=True)
 class Recipe(TrainRecipe):
+    """toy-refusal: a GPT-2 chat model trained on the synthetic refusal templates of tasks/refusal.yaml."""
+
     n_ctx: int = 32
     steps: int = 200
     lr: float = 5e-3
     warmup: int = 20
     d_mlp: int = 256
+    """MLP width."""
     heldout_templates: tuple[int, ...] = (3, 7, 11)
     position_shift: int = 8  # training positions are shifted by a random offset in [0, position_shift] per prompt
     word_noise: float = 0.15  # chance per template word (not object, not chat marker) of having its input embedding
