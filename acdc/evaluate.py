@@ -91,11 +91,35 @@ def evaluate_circuits(
 ) -> list[dict[str, float]]:
     """Exact faithfulness of each circuit on ``data``: the task metric M of the circuit, of the full and of the empty
     circuit (prompt-averaged), f and KL(full || C), as plain numbers (intervals: :func:`faithfulness_ci`)."""
-    ev = evaluate_masks(model, graph, data, [c.mask for c in circuits], ablation=ablation, batch=batch)
+    return circuit_numbers(evaluate_masks(model, graph, data, [c.mask for c in circuits], ablation=ablation,
+                                          batch=batch))
+
+
+def circuit_numbers(ev: Evaluation) -> list[dict[str, float]]:
+    """Each circuit's prompt-averaged metric, f, KL, and the full and empty circuits' metric, as plain numbers."""
     full, empty = float(ev.full.mean()), float(ev.empty.mean())
     return [{"metric": float(v), "faithfulness": float(faithfulness(float(v), empty, full)) if full != empty
              else float("nan"), "kl": float(k), "full": full, "empty": empty}
             for v, k in zip(ev.metric.mean(1), ev.kl.mean(1), strict=True)]
+
+
+def baseline_warning(ev: Evaluation, metric: str, *, z: float = 2.0) -> str | None:
+    """Why f is not meaningful on this data, or None: f divides by M(full) - M(empty), so it needs that gap to have
+    the expected sign (the full model above the counterfactual run; below it for ``kl``, where M is a distance) and
+    to stand out of its noise: |mean gap| at least ``z`` standard errors of the per-prompt gaps."""
+    gap = ev.full - ev.empty
+    n = gap.numel()
+    mean = float(gap.mean())
+    se = float(gap.std()) / n**0.5 if n > 1 else 0.0
+    expected = -1.0 if metric == "kl" else 1.0
+    what = (f"M(full) - M(empty) = {mean:.4g} (standard error {se:.2g} over {n} prompts)")
+    if mean * expected <= 0:
+        return (f"{what} has the wrong sign: the counterfactual does not remove the behaviour, so f is not "
+                "meaningful; check the task's counterfactual and the model's clean behaviour (`acdc tasks show`)")
+    if abs(mean) < z * se:
+        return (f"{what} is within {z:g} standard errors of 0: the model barely separates clean and counterfactual "
+                "prompts, so f is noise; use more prompts or a task the model does")
+    return None
 
 
 # ---- bootstrap -------------------------------------------------------------------------------------------------------

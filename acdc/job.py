@@ -262,6 +262,9 @@ def run_job(task_name: str, model_spec: str | None, out: str | Path | None, opts
     n_points = sum(len(c["points"]) for c in pareto["curves"])
     log(f"sweep: {n_points} circuits on {len(train)} train + {len(test)} test prompts ({timings['sweep_s']:.1f} s)")
     _json(folder / "pareto.json", pareto)
+    if pareto.get("baseline_warning"):
+        runs.notes.insert(0, f"warning: {pareto['baseline_warning']}")
+        log(f"warning: {pareto['baseline_warning']}")
     chosen, head = choose(runs.curves, on_train, pareto, opts.level, task=prep.task.name, model=prep.spec) \
         if on_train is not None else ([], None)
     return write_run(folder, prep, opts, runs, pareto, chosen, head, timings, t_start)
@@ -452,6 +455,7 @@ class DiscoverResult:
     prep: Prepared
     folder: Path
     seconds: float
+    warning: str | None = None  # why f is not meaningful on the test split, if it is not
 
 
 def discover_job(task_name: str, model_spec: str | None, out: str | Path | None, method: str, *,
@@ -463,7 +467,7 @@ def discover_job(task_name: str, model_spec: str | None, out: str | Path | None,
     """Find a circuit on the train split with any registered method, evaluate it exactly on the test split, and
     write ``circuit.json``, the method's scores (where it has them) and ``run.yaml``. An interrupted ``acdc``
     search resumes from ``<out>/search.json``."""
-    from acdc.evaluate import evaluate_circuits
+    from acdc.evaluate import baseline_warning, circuit_numbers, evaluate_masks
     from acdc.runs import run_dir, write_run_yaml
 
     m = check_controls(method, threshold=threshold, edges=edges)
@@ -481,7 +485,9 @@ def discover_job(task_name: str, model_spec: str | None, out: str | Path | None,
                                     target=target, selector=selector, ablation=prep.ablation, seed=prep.seed,
                                     steps=steps, progress=progress, **options)
     seconds = time.perf_counter() - t0
-    ev = evaluate_circuits(prep.model, prep.graph, test, [circuit], ablation=prep.ablation)[0]
+    evaluation = evaluate_masks(prep.model, prep.graph, test, [circuit.mask], ablation=prep.ablation)
+    ev = circuit_numbers(evaluation)[0]
+    warning = baseline_warning(evaluation, test.metric)
     circuit.meta.update({"task": prep.task.name, "model": prep.spec, "faithfulness_test": ev["faithfulness"]})
     circuit.save(folder / "circuit.json")
     if outcome.scores is not None:
@@ -492,5 +498,6 @@ def discover_job(task_name: str, model_spec: str | None, out: str | Path | None,
         "seed": prep.seed, "target_faithfulness": target if m.name == "hybrid" else None, "ablation": prep.ablation,
         "train": dict(train.info), "test": dict(test.info), "seconds": round(seconds, 3),
         "cost": outcome.cost.as_dict(), "result": {"edges": circuit.n_edges, **{k: round(v, 6) for k, v in ev.items()}},
+        **({"warning": warning} if warning else {}),
     })
-    return DiscoverResult(circuit, outcome, ev, prep, folder, seconds)
+    return DiscoverResult(circuit, outcome, ev, prep, folder, seconds, warning)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from acdc.errors import InputError
-from acdc.evaluate import Evaluation, evaluate_masks, faithfulness_ci
+from acdc.evaluate import Evaluation, baseline_warning, evaluate_masks, faithfulness_ci
 from acdc.graph import Circuit, Graph
 from acdc.types import TaskData
 
@@ -193,6 +193,9 @@ def sweep(
                            "ablation": ablation, "bootstrap": n_boot,
                            "baseline": {"full": float(ev.full.mean()), "empty": float(ev.empty.mean())},
                            "curves": out_curves}
+    warning = baseline_warning(ev, data.metric)
+    if warning:
+        doc["baseline_warning"] = warning
     doc["frontier"] = frontier(out_curves)
     doc["summary"] = [summarise(cv, total) for cv in out_curves]
     return doc

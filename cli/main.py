@@ -211,9 +211,9 @@ def tasks_show(task: str, model_spec: str | None, n_prompts: int, dataset: str |
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--model", "model_spec", default=None,
               help="Also build every dataset for this model (checks answers are single tokens, lengths match).")
-@click.option("--n", "n_prompts", default=16, show_default=True, type=click.IntRange(1),
-              help="Pairs to build per dataset and split with --model.")
-def tasks_validate(file: str, model_spec: str | None, n_prompts: int) -> None:
+@click.option("--n", "n_prompts", default=None, type=click.IntRange(1),
+              help="Pairs to build per dataset and split with --model [the task's default, as a run builds].")
+def tasks_validate(file: str, model_spec: str | None, n_prompts: int | None) -> None:
     """Check the task file FILE; with --model, also build it for that model.
 
     Exits 0 and prints a summary if the file is valid, else prints one line naming the field (and its line) and
@@ -444,6 +444,8 @@ def discover(task: str, method: str, threshold: float | None, n_edges: int | Non
                f"{len(c.nodes())} nodes")
     click.echo(f"test split ({len(test)} prompts): faithfulness {ev['faithfulness']:.3f}, metric {ev['metric']:.4f} "
                f"(full {ev['full']:.4f}, empty {ev['empty']:.4f}), KL {ev['kl']:.4f}")
+    if r.warning:
+        click.echo(f"warning: {r.warning}", err=True)
     click.echo(f"cost: {r.seconds:.1f} s; " + ", ".join(f"{k} {v}" for k, v in r.outcome.cost.as_dict().items()))
     click.echo(f"wrote {r.folder}/circuit.json, run.yaml"
                + (", scores.safetensors, top_edges.json" if r.outcome.scores is not None else ""))
@@ -622,7 +624,7 @@ def evaluate(task: str, circuit_files: tuple[str, ...], model_spec: str | None, 
     import torch
 
     from acdc import Circuit
-    from acdc.evaluate import evaluate_masks, faithfulness_ci
+    from acdc.evaluate import baseline_warning, evaluate_masks, faithfulness_ci
     from acdc.job import prepare
     from acdc.metrics import task_metric
 
@@ -633,6 +635,9 @@ def evaluate(task: str, circuit_files: tuple[str, ...], model_spec: str | None, 
     labels = list(circuit_files) or ["full circuit", "empty circuit"]
     ev = evaluate_masks(model, graph, data, [c.mask for c in circuits], ablation=prep.ablation)
     st = faithfulness_ci(ev, n_boot=bootstrap, seed=prep.seed)
+    warning = baseline_warning(ev, data.metric)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(f"task {prep.task.name} on {prep.spec} · {len(data)} prompts x {data.clean.shape[1]} tokens ({split} "
                f"split) · metric: {data.description} · ablation: {prep.ablation} · graph {graph.n_edges} edges")
     if not circuit_files:

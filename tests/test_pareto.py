@@ -188,3 +188,22 @@ def test_sweep_of_found_circuits_and_chunking(ioi_setup) -> None:  # type: ignor
         sweep(model, graph, test, [])
     with pytest.raises(InputError):
         curve_from_scores(graph, "x", scores.scores, [3], selector="threshold")
+
+
+def test_baseline_warning_when_f_is_meaningless() -> None:
+    """f divides by M(full) - M(empty): a gap of the wrong sign, or one lost in its noise, is said in one line."""
+    from acdc.evaluate import Evaluation, baseline_warning
+
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(200, generator=g, dtype=torch.float64)
+    k = torch.zeros(1, 200, dtype=torch.float64)
+
+    def ev(full: torch.Tensor, empty: torch.Tensor) -> Evaluation:
+        return Evaluation(k, k, full, empty)
+
+    assert baseline_warning(ev(3.0 + noise, 0.1 * noise), "logit_diff") is None
+    assert "wrong sign" in str(baseline_warning(ev(0.1 * noise, 3.0 + noise), "logit_diff"))
+    assert "standard errors" in str(baseline_warning(ev(0.05 + noise, noise.flip(0)), "logit_diff"))
+    # for kl the metric is a distance: the full circuit is at 0 and the empty one above it
+    assert baseline_warning(ev(0.0 * noise, 2.0 + 0.1 * noise), "kl") is None
+    assert "wrong sign" in str(baseline_warning(ev(2.0 + 0.1 * noise, 0.0 * noise), "kl"))
