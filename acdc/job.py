@@ -128,7 +128,8 @@ def check_methods(names: Sequence[str], *, distributed: bool = False) -> list[Me
     """The registered methods called ``names``, or a one-line error."""
     unknown = [m for m in names if m not in method_names()]
     if unknown:
-        raise InputError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(method_names())}")
+        raise InputError(f"unknown method(s) {', '.join(unknown)} in --methods; choose from "
+                         f"{', '.join(method_names())} (comma-separated)")
     methods = [get_method(m) for m in names]
     serial = [m.name for m in methods if distributed and not m.distributed]
     if serial:
