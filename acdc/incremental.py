@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from acdc.arch import Arch, _rotate_half
+from acdc.arch import Arch, rotate_half
 from acdc.graph import Graph
 from acdc.patching import AblationCache
 from acdc.types import TaskData
@@ -295,7 +295,7 @@ class Incremental:
         self.flops += 2.0 * x[..., 0].numel() * arch.d_model * arch.d_head
         if rotate and arch.rotary is not None:
             cos, sin = (self.cos, self.sin) if pos.index is None else (self.cos[pos.index], self.sin[pos.index])
-            y = y * cos + _rotate_half(y) * sin
+            y = y * cos + rotate_half(y) * sin
         return y
 
     def _attend(self, layer: int, h: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

@@ -239,6 +239,20 @@ def bridge_from_hf(
     return prepare_bridge(bridge, name)
 
 
+def _seeded_init(model_cls: Any, cfg: Any, seed: int) -> Any:
+    """``model_cls(cfg)`` in eval mode, its random initialisation deterministic in ``seed``."""
+    torch.manual_seed(seed)
+    return model_cls(cfg).eval()
+
+
+def _random_bridge(hf: Any, family: str, dtype: torch.dtype) -> Any:
+    """A random Hugging Face model as a prepared bridge named ``random-FAMILY-LAYERSxHEADSxWIDTH``."""
+    c = hf.config  # GPT2Config maps these standard names to n_layer, n_head, n_embd
+    return bridge_from_hf(
+        hf, name=f"random-{family}-{c.num_hidden_layers}x{c.num_attention_heads}x{c.hidden_size}", dtype=dtype
+    )
+
+
 def random_gpt2_hf(
     *,
     n_layer: int = 2,
@@ -257,8 +271,7 @@ def random_gpt2_hf(
         bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         initializer_range=init_std,
     )
-    torch.manual_seed(seed)
-    return GPT2LMHeadModel(cfg).eval()
+    return _seeded_init(GPT2LMHeadModel, cfg, seed)
 
 
 def random_gpt2(*, dtype: torch.dtype = torch.float32, **shape: Any) -> Any:
@@ -266,9 +279,7 @@ def random_gpt2(*, dtype: torch.dtype = torch.float32, **shape: Any) -> Any:
     :func:`random_gpt2_hf`. Defaults are tiny; ``random_gpt2(n_layer=12, n_head=12, d_model=768, vocab=50257,
     n_ctx=1024)`` is GPT-2 small's shape. A larger ``init_std`` than GPT-2's 0.02 makes attention non-uniform,
     which gives tests more power."""
-    hf = random_gpt2_hf(**shape)
-    c = hf.config
-    return bridge_from_hf(hf, name=f"random-gpt2-{c.n_layer}x{c.n_head}x{c.n_embd}", dtype=dtype)
+    return _random_bridge(random_gpt2_hf(**shape), "gpt2", dtype)
 
 
 def random_llama_hf(
@@ -299,17 +310,13 @@ def random_llama_hf(
         rms_norm_eps=1e-6, tie_word_embeddings=False, initializer_range=init_std, bos_token_id=0, eos_token_id=0,
         pad_token_id=None, attention_dropout=0.0,
     )
-    torch.manual_seed(seed)
-    return model_cls(cfg).eval()
+    return _seeded_init(model_cls, cfg, seed)
 
 
 def random_llama(*, dtype: torch.dtype = torch.float32, **shape: Any) -> Any:
     """A randomly initialised Llama-architecture bridge, built locally (no download); ``shape`` as for
     :func:`random_llama_hf` (defaults: 2 layers, 4 query heads sharing 2 key/value heads, d_model 32)."""
-    hf = random_llama_hf(**{"family": "llama", **shape})
-    c = hf.config
-    name = f"random-{shape.get('family', 'llama')}-{c.num_hidden_layers}x{c.num_attention_heads}x{c.hidden_size}"
-    return bridge_from_hf(hf, name=name, dtype=dtype)
+    return _random_bridge(random_llama_hf(**{"family": "llama", **shape}), shape.get("family", "llama"), dtype)
 
 
 def random_qwen2(*, dtype: torch.dtype = torch.float32, **shape: Any) -> Any:
