@@ -69,6 +69,12 @@ def resolve_spec(spec: str) -> tuple[str, bool]:
         path = ensure_zoo_model(spec[4:])
         return str(path), True
     p = Path(spec).expanduser()
+    if spec.lower().endswith(".gguf"):
+        if not p.is_file():
+            raise ModelLoadError(f"no GGUF file at {p}; give the path of a .gguf model file")
+        from acdc.zoo import ensure_gguf_model
+
+        return str(ensure_gguf_model(p)), True
     if p.exists() or spec.startswith((".", "/", "~")) or os.sep in spec.rstrip("/").split("/", 1)[-1]:
         if not p.is_dir():
             raise ModelLoadError(f"no model directory at {p}; give a Hugging Face checkpoint folder or zoo:NAME")
@@ -103,7 +109,8 @@ def load_model(
     """Load ``spec`` as a TransformerBridge ready for circuit discovery.
 
     Args:
-        spec: ``gpt2`` (hub; needs the hub or a cached copy), a local HF checkpoint directory, or ``zoo:NAME``.
+        spec: ``gpt2`` (hub; needs the hub or a cached copy), a local HF checkpoint directory, ``zoo:NAME``, or a
+            ``.gguf`` model file (converted to a checkpoint in the zoo cache on first use).
         device: torch device.
         dtype: weight dtype.
         trust_remote_code: allow a hub model's own Python code to run (off by default).
@@ -253,16 +260,8 @@ def _random_bridge(hf: Any, family: str, dtype: torch.dtype) -> Any:
     )
 
 
-def random_gpt2_hf(
-    *,
-    n_layer: int = 2,
-    n_head: int = 4,
-    d_model: int = 64,
-    vocab: int = 100,
-    n_ctx: int = 64,
-    seed: int = 0,
-    init_std: float = 0.02,
-) -> Any:
+def random_gpt2_hf(*, n_layer: int = 2, n_head: int = 4, d_model: int = 64, vocab: int = 100, n_ctx: int = 64,
+                   seed: int = 0, init_std: float = 0.02) -> Any:
     """A randomly initialised Hugging Face ``GPT2LMHeadModel`` (eval mode, no dropout), deterministic in ``seed``."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -282,19 +281,8 @@ def random_gpt2(*, dtype: torch.dtype = torch.float32, **shape: Any) -> Any:
     return _random_bridge(random_gpt2_hf(**shape), "gpt2", dtype)
 
 
-def random_llama_hf(
-    *,
-    family: str = "llama",
-    n_layer: int = 2,
-    n_head: int = 4,
-    n_kv_head: int = 2,
-    d_model: int = 32,
-    d_mlp: int = 64,
-    vocab: int = 64,
-    n_ctx: int = 64,
-    seed: int = 0,
-    init_std: float = 0.02,
-) -> Any:
+def random_llama_hf(*, family: str = "llama", n_layer: int = 2, n_head: int = 4, n_kv_head: int = 2, d_model: int = 32,
+                    d_mlp: int = 64, vocab: int = 64, n_ctx: int = 64, seed: int = 0, init_std: float = 0.02) -> Any:
     """A randomly initialised Hugging Face ``LlamaForCausalLM`` (``family="llama"``) or ``Qwen2ForCausalLM``
     (``family="qwen2"``, with q/k/v biases), eval mode, deterministic in ``seed``. ``n_kv_head < n_head`` gives
     grouped-query attention."""

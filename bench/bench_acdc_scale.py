@@ -15,8 +15,8 @@ import argparse
 import torch
 
 from acdc import Graph
-from acdc.models import random_gpt2
 from acdc.methods import acdc_search
+from acdc.models import random_gpt2
 from acdc.types import TaskData
 
 SHAPES = [  # (layers, heads, d_model, vocab, prompts, positions, threshold)

@@ -10,22 +10,19 @@ import torch
 
 from acdc import Graph, attribute
 from acdc.errors import InputError
+from acdc.evaluate import Evaluation, evaluate_circuits, evaluate_masks, faithfulness_ci
 from acdc.pareto import (
     MIB_FRACTIONS,
-    Evaluation,
     cpr_cmd,
     curve_from_circuits,
     curve_from_scores,
     edges_to_reach,
-    evaluate_masks,
-    faithfulness_ci,
     mib_sizes,
     pareto_front,
     size_grid,
     sweep,
     trapezoid,
 )
-from acdc.evaluate import evaluate_circuits
 from acdc.selection import greedy, top_n
 
 
