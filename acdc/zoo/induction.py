@@ -107,10 +107,7 @@ def evaluate(model: Any, batch: RepeatedBatch) -> dict[str, Any]:
 class Recipe(TrainRecipe):
     """toy-induction: an attention-only GPT-2 trained on repeated random segments."""
 
-    n_ctx: int = 64
-    steps: int = 1000
-    lr: float = 2e-3
-    warmup: int = 100
+    n_ctx: int = 64  # the schedule is TrainRecipe's
     seq_len: int = 48
     """Tokens per training sequence: BOS, filler, a random segment and its repeat."""
     batch_size: int = 64

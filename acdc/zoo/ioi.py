@@ -275,10 +275,9 @@ def evaluate(
 class Recipe(TrainRecipe):
     """toy-ioi: a GPT-2 with MLPs trained on the IOI templates of tasks/ioi.yaml, some templates held out."""
 
-    n_ctx: int = 32
     steps: int = 1200
     lr: float = 5e-3
-    warmup: int = 100
+    """Peak learning rate (the schedule is TrainRecipe's warm-up and cosine)."""
     d_mlp: int = 256
     """MLP width (toy-induction has none)."""
     batch_size: int = 64

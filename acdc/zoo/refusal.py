@@ -204,13 +204,13 @@ def evaluate(
 class Recipe(TrainRecipe):
     """toy-refusal: a GPT-2 chat model trained on the synthetic refusal templates of tasks/refusal.yaml."""
 
-    n_ctx: int = 32
+    heldout_templates: tuple[int, ...] = (3, 7, 11)
+    """Templates of the synthetic dataset never trained on (the held-out evaluation)."""
     steps: int = 200
+    """Full-batch steps: the synthetic set is small."""
     lr: float = 5e-3
     warmup: int = 20
     d_mlp: int = 256
-    """MLP width."""
-    heldout_templates: tuple[int, ...] = (3, 7, 11)
     position_shift: int = 8  # training positions are shifted by a random offset in [0, position_shift] per prompt
     word_noise: float = 0.15  # chance per template word (not object, not chat marker) of having its input embedding
     # zeroed in a training step, which is what a word of a held-out template looks like (never trained, ~0)
