@@ -1,9 +1,14 @@
 """The text side of building a task: a model's tokenizer with a dataset's BOS/chat conventions and its checks, the
 prompt pairs the text builders (templates, pairs) produce, and their assembly into right-padded
-:class:`~acdc.types.TaskData`."""
+:class:`~acdc.types.TaskData`.
+
+BOS rule (:func:`prepends_bos`): a plain prompt starts with the tokenizer's BOS token only when that token is a real
+beginning-of-sequence token, not a chat-template marker such as SmolLM2's ``<|im_start|>``; a prompt rendered in the
+chat template gets what the template writes; a dataset's explicit ``prepend_bos: true/false`` always wins."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +30,44 @@ def model_tokenizer(model: Any) -> Any:
     return tok
 
 
+def chat_template_text(tok: Any) -> str:
+    """The source of the tokenizer's chat template(s) ("" when it has none)."""
+    template = getattr(tok, "chat_template", None)
+    if isinstance(template, dict):  # named templates ("default", "tool_use", ...)
+        return "\n".join(str(t) for t in template.values())
+    return template if isinstance(template, str) else ""
+
+
+def bos_is_chat_marker(tok: Any) -> bool:
+    """Whether the tokenizer's BOS token is a chat-template marker rather than a beginning-of-sequence token: its
+    text appears literally in the chat template (SmolLM2's BOS is ChatML's ``<|im_start|>``), or the template renders
+    it as the start of a turn (directly before the role ``user``). A template that writes ``{{ bos_token }}`` once at
+    the start (Llama, Gemma, the zoo's chat models) keeps its BOS a real one."""
+    bos = getattr(tok, "bos_token", None)
+    template = chat_template_text(tok)
+    if not isinstance(bos, str) or not bos or not template:
+        return False
+    if bos in template:
+        return True
+    try:
+        rendered = str(tok.apply_chat_template([{"role": "user", "content": "hello"}], tokenize=False))
+    except Exception:  # noqa: BLE001 - a template that cannot render one user turn tells us nothing more
+        return False
+    return re.search(re.escape(bos) + r"\s*user\b", rendered) is not None
+
+
+def prepends_bos(tok: Any, prepend_bos: bool | None, *, chat: bool) -> bool:
+    """Whether a prompt gets the tokenizer's BOS token prepended. An explicit ``prepend_bos`` of the dataset decides;
+    otherwise a prompt rendered in the chat template gets none (the template writes its own start), and a plain
+    prompt gets it only when it is a real beginning-of-sequence token, not a chat marker (:func:`bos_is_chat_marker`:
+    a chat model reading a stray ``<|im_start|>`` before plain text does measurably worse)."""
+    if prepend_bos is not None:
+        return prepend_bos
+    if chat or getattr(tok, "bos_token_id", None) is None:
+        return False
+    return not bos_is_chat_marker(tok)
+
+
 def model_n_ctx(model: Any) -> int:
     """The model's context length (unbounded if its config does not say)."""
     return int(getattr(model.cfg, "n_ctx", 0) or 1 << 30)
@@ -43,8 +86,9 @@ class PromptTokenizer:
     @classmethod
     def for_dataset(cls, model: Any, ds: TemplatesDataset | PairsDataset) -> PromptTokenizer:
         """The model's tokenizer with the dataset's chat-template and BOS conventions."""
-        bos = ds.prepend_bos if ds.prepend_bos is not None else not ds.chat_template
-        return cls(model_tokenizer(model), int(model.cfg.d_vocab), model_n_ctx(model), ds.chat_template, bos)
+        tok = model_tokenizer(model)
+        bos = prepends_bos(tok, ds.prepend_bos, chat=ds.chat_template)
+        return cls(tok, int(model.cfg.d_vocab), model_n_ctx(model), ds.chat_template, bos)
 
     def render(self, text: str) -> str:
         """``text`` as the model sees it: plain, or one user turn of its chat template with the generation prompt."""

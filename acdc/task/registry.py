@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from acdc.errors import InputError
+from acdc.task.identity import written_for_entries
 from acdc.task.pairs import build_pairs
 from acdc.task.parse import LineMap, fmt_loc, load_task_file, parse_task_text
 from acdc.task.prompts import PromptPair, assemble
@@ -106,8 +107,10 @@ class Task:
         return f"{name}:{line}: {fmt_loc(loc)}" if line else f"{name}: {fmt_loc(loc)}"
 
     def dataset_name_for(self, model_spec: str | None) -> str:
-        for m in self.spec.models.written_for:
-            if model_spec is not None and m.name == model_spec and m.dataset:
+        """The dataset to build for the model loaded from ``model_spec``: the first ``written_for`` entry naming that
+        model (any spelling of it, see :mod:`acdc.task.identity`) with a dataset, else ``default_dataset``."""
+        for m in written_for_entries(self.spec.models, model_spec):
+            if m.dataset:
                 return m.dataset
         return self.spec.default_dataset_name
 
@@ -161,26 +164,28 @@ class Task:
         gen = np.random.default_rng([seed, SPLITS.index(split)])
         loc = dataset_loc(spec, dname)
         pairs: list[PromptPair]
+        extra: dict[str, Any] = {}
         if isinstance(ds, TemplatesDataset):
             assert rule is not None  # every templates dataset has a counterfactual rule (checked by the schema)
             pairs = build_templates(self, model, ds, rule, n, split, gen, loc)
         elif isinstance(ds, PairsDataset):
-            pairs = build_pairs(self, model, ds, n, explicit_n, split, gen, loc)
+            pairs, dropped = build_pairs(self, model, ds, n, explicit_n, split, gen, loc)
+            extra["dropped"] = dropped
         else:
             assert rule is not None and rule.sequence is not None
             return build_repeated(self, model, ds, rule.sequence, n, split, seed, model_spec, cname or "", dname)
         return assemble(model, pairs, metric=spec.metric.name, description=self.metric_description(),
                         info={"task": self.name, "n": len(pairs), "split": split, "seed": seed, "dataset": dname,
-                              "counterfactual": cname})
+                              "counterfactual": cname, **extra})
 
     def metric_description(self) -> str:
         """The metric in words, e.g. ``logit(IO) - logit(S) at the last position``."""
         m = self.spec.metric
         a, w = self.spec.answer, self.spec.wrong
 
-        def show(x: AnswerSpec | None) -> str:
-            if x is None:
-                return ""
+        def show(x: AnswerSpec | None, own: str) -> str:
+            if x is None or x.from_lines:
+                return own  # each line of a pairs dataset carries its own
             if x.slot is not None:
                 return x.slot
             if x.tokens is not None:
@@ -188,12 +193,13 @@ class Task:
             return "next token"
 
         where = "the last position" if m.positions == "last" else "the repeated positions"
+        ans, wrong = show(a, "answer"), show(w, "wrong")
         if m.name == "logit_diff":
             if (a is not None and a.tokens and len(a.tokens) > 1) or (w is not None and w.tokens and len(w.tokens) > 1):
-                return f"log p({show(a)}) - log p({show(w)}) at {where}"  # a set's logit is its logsumexp
-            return f"logit({show(a)}) - logit({show(w)}) at {where}"
+                return f"log p({ans}) - log p({wrong}) at {where}"  # a set's logit is its logsumexp
+            return f"logit({ans}) - logit({wrong}) at {where}"
         if m.name == "prob_diff":
-            return f"p({show(a)}) - p({show(w)}) at {where}"
+            return f"p({ans}) - p({wrong}) at {where}"
         if m.name == "logprob":
-            return f"log p({show(a)}) at {where}"
+            return f"log p({ans}) at {where}"
         return f"KL from the clean model at {where}"

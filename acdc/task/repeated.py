@@ -1,5 +1,9 @@
 """The ``repeated_tokens`` dataset: ``[BOS, filler, x1..xn, x1..xn, tail]`` with random tokens (induction).
 
+Position 0 is the tokenizer's BOS token by the same rule as plain text prompts (:func:`acdc.task.prompts.prepends_bos`:
+not when that token is a chat-template marker, and ``prepend_bos`` decides when given); without it, position 0 is
+one more random token.
+
 :func:`fill_repeated` and :func:`sample_repeated` make the sequences over a contiguous id range; the task builder
 (:func:`build_repeated`) maps them onto a model's usable token ids, and the zoo trains ``toy-induction`` on the same
 sequences over its own small vocabulary.
@@ -13,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from acdc.errors import InputError
-from acdc.task.prompts import model_n_ctx, model_tokenizer
+from acdc.task.identity import written_for_entries
+from acdc.task.prompts import model_n_ctx, model_tokenizer, prepends_bos
 from acdc.task.schema import SPLITS, RepeatedTokensDataset, dataset_loc
 from acdc.types import TaskData
 
@@ -101,9 +106,10 @@ def build_repeated(
     tok = model_tokenizer(model)
     d_vocab = int(model.cfg.d_vocab)
     rng = ds.token_range
-    for entry in task.spec.models.written_for:
-        if model_spec is not None and entry.name == model_spec and entry.token_range is not None:
+    for entry in written_for_entries(task.spec.models, model_spec):
+        if entry.token_range is not None:
             rng = entry.token_range
+            break
     special = set(getattr(tok, "all_special_ids", []) or [])
     size = min(d_vocab, len(tok))
     if rng is None:
@@ -122,7 +128,7 @@ def build_repeated(
     if length > model_n_ctx(model):
         raise InputError(f"task {task.name}: prompts of {length} tokens exceed the model's context "
                          f"({model_n_ctx(model)})")
-    bos = tok.bos_token_id if ds.prepend_bos else None
+    bos = tok.bos_token_id if prepends_bos(tok, ds.prepend_bos, chat=False) else None
     gen = torch.Generator().manual_seed(seed * 3 + SPLITS.index(split))
     frac = getattr(task.spec.splits, split)
     rows: list[torch.Tensor] = []

@@ -66,7 +66,9 @@ class TemplatesDataset(_Strict):
     chat_template: bool = False
     """Render each prompt as a user message in the model's chat template (generation prompt appended)."""
     prepend_bos: bool | None = None
-    """Prepend the tokenizer's BOS token (default: yes, unless the chat template renders the prompt)."""
+    """Prepend the tokenizer's BOS token. Default: not for prompts rendered in the chat template (it writes its own
+    start), and for plain prompts only when the BOS token is a real beginning-of-sequence token, not a chat-template
+    marker such as SmolLM2's ``<|im_start|>`` (:func:`acdc.task.prompts.prepends_bos`)."""
 
 
 class RepeatedTokensDataset(_Strict):
@@ -81,13 +83,15 @@ class RepeatedTokensDataset(_Strict):
     """Total tokens per prompt (default: just long enough for the longest filler and segment)."""
     token_range: tuple[int, int] | None = None
     """Token ids are drawn from [lo, hi); null: every non-special token of the tokenizer."""
-    prepend_bos: bool = True
+    prepend_bos: bool | None = None
+    """Start each sequence with the tokenizer's BOS token. Default: when it is a real beginning-of-sequence token, not
+    a chat-template marker (the rule of plain text prompts); otherwise position 0 is one more random token."""
 
 
 class PairsDataset(_Strict):
-    """Explicit prompt pairs from a JSONL file: one object per line with ``clean`` and ``counterfactual`` strings
-    (optionally ``answer`` / ``wrong`` words overriding the task's, and any other fields, which are kept as
-    metadata)."""
+    """Explicit prompt pairs from a JSONL file: one object per line with ``clean`` and ``counterfactual`` strings,
+    optionally ``answer`` / ``wrong`` words (overriding the task's; when every dataset of the task is a pairs dataset
+    whose lines carry them, the task needs no ``answer`` / ``wrong`` of its own), and any other fields (ignored)."""
 
     kind: Literal["pairs"]
     path: str = Field(min_length=1)
@@ -96,6 +100,10 @@ class PairsDataset(_Strict):
     prepend_bos: bool | None = None
     on_length_mismatch: Literal["error", "drop"] = "error"
     """What to do with a pair whose two sides tokenize to different lengths for the model at hand."""
+    on_multi_token_answer: Literal["error", "drop"] = "error"
+    """What to do with a pair whose own ``answer`` / ``wrong`` word is not a single known token of the model's
+    tokenizer (e.g. `` bioweapon`` is 3 tokens for SmolLM2): stop with an error naming the line, or drop the pair
+    (counted in ``TaskData.info["dropped"]`` and logged)."""
 
 
 Dataset = Annotated[TemplatesDataset | RepeatedTokensDataset | PairsDataset, Field(discriminator="kind")]
@@ -120,7 +128,9 @@ class Counterfactual(_Strict):
 class AnswerSpec(_Strict):
     """The answer (or wrong answer) token(s) the metric reads: exactly one of ``slot`` (the value of a template slot),
     ``tokens`` (a fixed set of words; a set's log-probability is the log of its summed probabilities) or
-    ``next_token: true`` (the next token of the sequence, for repeated_tokens)."""
+    ``next_token: true`` (the next token of the sequence, for repeated_tokens). A task whose datasets are all
+    ``pairs`` may give none of them (or leave the field out): each line then carries its own word, tokenized after
+    ``prefix``."""
 
     slot: str | None = None
     tokens: list[str] | None = Field(default=None, min_length=1)
@@ -133,6 +143,15 @@ class AnswerSpec(_Strict):
         if self.prefix is not None:
             return self.prefix
         return " " if self.slot is not None else ""
+
+    @property
+    def from_lines(self) -> bool:
+        """No slot, tokens or next_token: the answer comes from each line of a pairs dataset."""
+        return self.slot is None and self.tokens is None and not self.next_token
+
+
+METRICS_WITH_WRONG = ("logit_diff", "prob_diff")
+"""The metrics that compare the answer with a wrong answer."""
 
 
 class MetricSpec(_Strict):
@@ -174,8 +193,10 @@ class TaskSpec(_Strict):
     default_dataset: str | None = None
     counterfactuals: dict[str, Counterfactual] = Field(default_factory=dict)
     default_counterfactual: str | None = None
-    answer: AnswerSpec
+    answer: AnswerSpec = Field(default_factory=AnswerSpec)
+    """Left out (or only a ``prefix``): every line of the task's pairs datasets carries its own ``answer``."""
     wrong: AnswerSpec | None = None
+    """Left out where the metric needs one: every line of the task's pairs datasets carries its own ``wrong``."""
     metric: MetricSpec
     defaults: Defaults = Field(default_factory=Defaults)
     splits: Splits = Field(default_factory=Splits)
@@ -309,13 +330,15 @@ def cross_reference_errors(spec: TaskSpec) -> list[tuple[Loc, str]]:
             if isinstance(ds, TemplatesDataset):
                 errs += _check_refs(rule, ds, cloc)
     # answers and metric
+    only_pairs = kinds == {"pairs"}
     for key in ("answer", "wrong"):
         ans: AnswerSpec | None = getattr(spec, key)
         if ans is None:
             continue
         given = [ans.slot is not None, ans.tokens is not None, ans.next_token]
-        if sum(given) != 1:
-            errs.append(((key,), "give exactly one of slot, tokens or next_token: true"))
+        if sum(given) > 1 or (sum(given) == 0 and not only_pairs):
+            errs.append(((key,), "give exactly one of slot, tokens or next_token: true (only a task whose datasets "
+                         "are all pairs, with answers on their lines, may give none)"))
             continue
         for dname, ds in datasets.items():
             if ans.slot is not None and isinstance(ds, TemplatesDataset) and ans.slot not in ds.slots:
@@ -326,8 +349,8 @@ def cross_reference_errors(spec: TaskSpec) -> list[tuple[Loc, str]]:
             if ans.next_token and not isinstance(ds, RepeatedTokensDataset):
                 errs.append(((key, "next_token"), f"next_token answers need a repeated_tokens dataset; '{dname}' is "
                              f"{ds.kind}"))
-    needs_wrong = spec.metric.name in ("logit_diff", "prob_diff")
-    if needs_wrong and spec.wrong is None:
+    needs_wrong = spec.metric.name in METRICS_WITH_WRONG
+    if needs_wrong and spec.wrong is None and not only_pairs:
         errs.append((("wrong",), f"metric {spec.metric.name} compares the answer with a wrong answer; declare 'wrong'"))
     if not needs_wrong and spec.wrong is not None:
         errs.append((("wrong",), f"metric {spec.metric.name} reads no wrong answer; remove 'wrong' or use logit_diff"))
