@@ -87,3 +87,17 @@ def test_damaged_or_unsupported_gguf_is_one_line(tmp_path, gguf_path) -> None:
         assert r.exit_code == 2, r.output
         line = r.output.strip().splitlines()[-1]
         assert line.startswith("error: ") and msg in line, r.output
+
+
+def test_built_in_tasks_fit_the_real_tokenizer(smollm2) -> None:
+    """The real model's settings reach the tasks under its zoo name: induction draws ordinary word tokens, IOI gets no
+    chat marker as BOS, refusal's synthetic prompts whose object has no same-length harmless twin are dropped."""
+    from acdc import get_task
+
+    ind = get_task("induction").build(smollm2, 16, split="test")
+    assert int(ind.clean.min()) >= 1000 and int(ind.clean.max()) < 20000
+    ioi = get_task("ioi").build(smollm2, 8, split="test")
+    assert smollm2.tokenizer.bos_token == "<|im_start|>" and int(ioi.clean[0, 0]) != smollm2.tokenizer.bos_token_id
+    ref = get_task("refusal").build(smollm2, 100, split="train", dataset="synthetic")
+    assert len(ref) == 100 and ref.info["dropped"]["length_mismatch"] > 0
+    assert ref.clean.shape == ref.corrupt.shape

@@ -167,7 +167,9 @@ class Task:
         extra: dict[str, Any] = {}
         if isinstance(ds, TemplatesDataset):
             assert rule is not None  # every templates dataset has a counterfactual rule (checked by the schema)
-            pairs = build_templates(self, model, ds, rule, n, split, gen, loc)
+            pairs, n_dropped = build_templates(self, model, ds, rule, n, split, gen, loc)
+            if n_dropped:
+                extra["dropped"] = {"length_mismatch": n_dropped}
         elif isinstance(ds, PairsDataset):
             pairs, dropped = build_pairs(self, model, ds, n, explicit_n, split, gen, loc)
             extra["dropped"] = dropped

@@ -69,6 +69,10 @@ class TemplatesDataset(_Strict):
     """Prepend the tokenizer's BOS token. Default: not for prompts rendered in the chat template (it writes its own
     start), and for plain prompts only when the BOS token is a real beginning-of-sequence token, not a chat-template
     marker such as SmolLM2's ``<|im_start|>`` (:func:`acdc.task.prompts.prepends_bos`)."""
+    on_length_mismatch: Literal["error", "drop"] = "error"
+    """When no counterfactual of a drawn prompt has its token length for this model's tokenizer (a word that is
+    3 tokens with no 3-token replacement): ``error`` stops with the example, ``drop`` draws another prompt and
+    counts it in ``TaskData.info["dropped"]``."""
 
 
 class RepeatedTokensDataset(_Strict):

@@ -3,6 +3,7 @@ their counterfactuals made by a task's ``resample`` / ``copy`` rule."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,8 @@ from acdc.task.schema import AnswerSpec, Counterfactual, Loc, TemplatesDataset, 
 if TYPE_CHECKING:
     from acdc.task.registry import Task
 
+log = logging.getLogger(__name__)
+
 MAX_TRIES = 20
 """Counterfactual re-draws allowed per prompt before a length mismatch is reported."""
 
@@ -25,8 +28,9 @@ Values = dict[tuple[str, int], str]
 def build_templates(
     task: Task, model: Any, ds: TemplatesDataset, rule: Counterfactual, n: int, split: str,
     gen: np.random.Generator, loc: Loc,
-) -> list[PromptPair]:
-    """``n`` distinct prompt pairs of ``split`` drawn from ``gen``, their two sides of equal token length."""
+) -> tuple[list[PromptPair], int]:
+    """``n`` distinct prompt pairs of ``split`` drawn from ``gen``, their two sides of equal token length, and how
+    many drawn prompts were dropped for want of a counterfactual of their length (``on_length_mismatch: drop``)."""
     tk = PromptTokenizer.for_dataset(model, ds)
     spec = task.spec
     fixed_answer, fixed_wrong = fixed_answer_ids(task, tk, "answer"), fixed_answer_ids(task, tk, "wrong")
@@ -50,6 +54,7 @@ def build_templates(
     pairs: list[PromptPair] = []
     seen: set[tuple[str, str]] = set()
     budget = 50 * n + 2000
+    dropped = 0
     while len(pairs) < n:
         if budget <= 0:
             raise InputError(f"task {task.name}: could draw only {len(pairs)} distinct prompt pairs for split "
@@ -68,9 +73,13 @@ def build_templates(
             if len(corrupt_ids) == len(clean_ids):
                 break
         else:
+            if ds.on_length_mismatch == "drop":
+                dropped += 1
+                continue
             raise InputError(f"{task.where((*loc, 'templates', t))}: counterfactual rule could not produce a "
                              f"prompt of the clean prompt's token length ({len(clean_ids)}) in {MAX_TRIES} tries, "
-                             f"e.g. {clean_text!r} vs {corrupt_text!r}; use words of equal token length")
+                             f"e.g. {clean_text!r} vs {corrupt_text!r}; use words of equal token length, or set "
+                             "on_length_mismatch: drop")
         if (clean_text, corrupt_text) in seen:
             continue
         seen.add((clean_text, corrupt_text))
@@ -82,7 +91,10 @@ def build_templates(
         if spec.wrong is not None:
             wrong = fixed_wrong or [slot_answers[spec.wrong.slot][values[(spec.wrong.slot, 1)]]]  # type: ignore[index]
         pairs.append(PromptPair(clean_ids, corrupt_ids, answer, wrong, (clean_text, corrupt_text)))
-    return pairs
+    if dropped:
+        log.warning("task %s: dropped %d drawn prompt(s) with no counterfactual of their token length for this model",
+                    task.name, dropped)
+    return pairs, dropped
 
 
 def draw_slots(ds: TemplatesDataset, parts: Parts, gen: np.random.Generator) -> Values:
