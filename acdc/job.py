@@ -57,7 +57,7 @@ class JobOptions:
     level: float = 0.9  # faithfulness a chosen circuit must reach
     hybrid_targets: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95, 0.99)
     acdc_thresholds: tuple[float, ...] = (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1)
-    acdc_budget_s: float = 300.0
+    budget_s: float | None = 300.0  # seconds each search method may take (acdc, edge pruning, hybrid); None: no cap
     ep_steps: int = 300
     ep_edges: int | None = None  # edge pruning's trained size (None: 5% of the edges, at least 20)
     batch: int = 16  # circuits per masked forward in sweeps
@@ -73,7 +73,7 @@ class JobOptions:
     def settings(self, ablation: str, seed: int) -> Settings:
         return Settings(ablation=ablation, seed=seed, ig_steps=self.ig_steps, train_steps=self.ep_steps,
                         edges=self.ep_edges, thresholds=self.acdc_thresholds, targets=self.hybrid_targets,
-                        budget_s=self.acdc_budget_s)
+                        budget_s=self.budget_s)
 
 
 # ---- stage 1: prepare --------------------------------------------------------------------------------------------

@@ -476,8 +476,10 @@ def _job_options(f: Any) -> Any:
                  n_help="Prompts per split (train for discovery, test for evaluation) [task default]."),
         click.option("--level", default=0.9, show_default=True, type=click.FloatRange(0, 1, min_open=True),
                      help="Faithfulness each method's chosen circuit must reach (on train)."),
-        click.option("--acdc-budget", default=300.0, show_default=True, type=click.FloatRange(0),
-                     help="Seconds ACDC may take; thresholds that don't fit are dropped (with a note)."),
+        click.option("--budget", default=300.0, show_default=True, type=click.FloatRange(0),
+                     help="Seconds each search method may take: ACDC runs the thresholds that fit, edge pruning the "
+                          "steps that fit, the hybrid stops its bisection and refinement with the best circuit so "
+                          "far; what was cut is said in a note."),
         click.option("--ep-steps", default=300, show_default=True, type=click.IntRange(1),
                      help="Edge-pruning training steps."),
         _options("out", "device_map"),
@@ -496,7 +498,7 @@ def _run_job(task: str, kw: dict[str, Any], *, circuits: bool, score_dirs: tuple
     methods = kw["methods"]
     opts = JobOptions(methods=_methods(methods) if methods else (), n=kw["n_prompts"], seed=kw["seed"],
                       ablation=kw["ablation"], counterfactual=kw["counterfactual"], dataset=kw["dataset"],
-                      bootstrap=kw["bootstrap"], level=kw["level"], acdc_budget_s=kw["acdc_budget"],
+                      bootstrap=kw["bootstrap"], level=kw["level"], budget_s=kw["budget"],
                       ep_steps=kw["ep_steps"], circuits=circuits, report=circuits, score_dirs=score_dirs,
                       distributed=kw["distributed"], device_map=parse_device_map(kw["device_map"]),
                       command="acdc " + " ".join(sys.argv[1:]))
@@ -518,7 +520,7 @@ def run(task: str, **kw: Any) -> None:
     """The main job: find circuits for TASK with several methods, sweep their sizes, draw them, write a report.
 
     On the task's default (zoo) model it builds train and test prompts, runs the methods on train (EAP, EAP-IG,
-    edge pruning, hybrid, and ACDC when it fits --acdc-budget), evaluates every circuit size exactly on test with
+    edge pruning, hybrid, and ACDC when it fits --budget), evaluates every circuit size exactly on test with
     95% bootstrap intervals, and writes report.html, pareto.json/svg/png, circuit.svg/png (the headline circuit),
     circuits/<method>.json/svg/png, mib/ and summary.json. Prints the report's path and the summary table.
 

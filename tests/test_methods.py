@@ -100,3 +100,22 @@ def test_run_takes_any_registered_method(tmp_path, toy_ioi) -> None:  # type: ig
     assert [c["method"] for c in s["pareto"]["curves"]] == ["mask-ig", "ensemble"]
     r = CliRunner().invoke(main, ["run", "ioi", "--methods", "eap,magic"])
     assert r.exit_code == 2 and "unknown method(s) magic" in r.output
+
+
+def test_budgets_cut_the_search_and_say_so(toy_ioi) -> None:  # type: ignore[no-untyped-def]
+    """A time budget stops edge pruning's steps and the hybrid's bisection/refinement early, with a note; without
+    one (or a generous one) nothing changes."""
+    g = Graph.from_model(toy_ioi)
+    data = get_task("ioi").build(toy_ioi, 16, split="train")
+    ctx = Context(toy_ioi, g, data, progress=False)
+    tight = get_method("edge-pruning").run(ctx, Settings(train_steps=50, budget_s=1e-9))
+    assert tight.circuits[0].meta["steps"] == 2 and "2 of 50 steps fit the budget" in tight.notes[-1]
+    free = get_method("edge-pruning").run(ctx, Settings(train_steps=20))
+    roomy = get_method("edge-pruning").run(ctx, Settings(train_steps=20, budget_s=1e6))
+    assert free.circuits[0].meta["steps"] == 20 and len(free.notes) == 1
+    assert torch.equal(free.scores.scores, roomy.scores.scores)
+    hyb = get_method("hybrid").run(ctx, Settings(targets=(0.8,), budget_s=0.0))
+    assert hyb.circuits[0].n_edges <= g.n_edges and "bisection stopped by the budget" in hyb.notes[-1]
+    full = get_method("hybrid").run(ctx, Settings(targets=(0.8,)))
+    roomy_h = get_method("hybrid").run(ctx, Settings(targets=(0.8,), budget_s=1e6))
+    assert not full.notes and torch.equal(full.circuits[0].mask, roomy_h.circuits[0].mask)

@@ -136,8 +136,9 @@ def acdc_search(
         elif cands:
             if engine is not None:
                 with torch.no_grad():
-                    kept, current = remove_greedily(engine, mask, [(u, r) for u in cands], dist,
-                                                    lambda new, cur: new - cur < threshold, current, speculate, cost)
+                    kept, current, _ = remove_greedily(engine, mask, [(u, r) for u in cands], dist,
+                                                       lambda new, cur: new - cur < threshold, current, speculate,
+                                                       cost)
                 mask = kept.to(mask.device)
             else:
                 for u in cands:
@@ -186,7 +187,7 @@ def plan_thresholds(model: Any, graph: Graph, data: TaskData, ablation: str, thr
         if fit == 0:
             notes.append(f"acdc skipped: one search needs about {per_search:.0f} s ({graph.n_edges} edges x "
                          f"{per * 1e3:.0f} ms per candidate), over the budget of {budget_s:.0f} s "
-                         "(raise it with --acdc-budget)")
+                         "(raise it with --budget)")
             return []
         step = len(chosen) / fit
         chosen = [chosen[int(i * step)] for i in range(fit)]

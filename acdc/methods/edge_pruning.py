@@ -55,6 +55,7 @@ def edge_pruning(
     lr: float = 0.1,
     batch_size: int = 32,
     seed: int = 0,
+    budget_s: float | None = None,
     progress: bool = True,
 ) -> tuple[Circuit, torch.Tensor, SearchCost]:
     """Learn hard-concrete edge masks against KL to the full model with a Lagrangian sparsity constraint (edge pruning,
@@ -62,7 +63,9 @@ def edge_pruning(
     dangling-edge removal, the learned ``log alpha`` (as scores, larger = keep) and the cost.
 
     Sparsity target ramps linearly from 0 to the requested sparsity over the first half of training; the multipliers
-    of ``λ1 (s - t) + λ2 (s - t)^2`` are trained by gradient ascent. Deterministic for a seed.
+    of ``λ1 (s - t) + λ2 (s - t)^2`` are trained by gradient ascent. Deterministic for a seed. With ``budget_s``, the
+    number of steps is cut (after the first step, from its time) to what fits, and the schedule follows the new
+    count; ``cost.extra["budget_note"]`` says so.
     """
     from tqdm.auto import tqdm
 
@@ -85,8 +88,9 @@ def edge_pruning(
     cost = SearchCost()
     t0 = time.perf_counter()
     n = len(data)
-    bar = tqdm(range(steps), desc="edge pruning", disable=not progress, leave=False)
-    for step in bar:
+    bar = tqdm(total=steps, desc="edge pruning", disable=not progress, leave=False)
+    step = 0
+    while step < steps:
         idx = torch.randperm(n, generator=gen)[: min(batch_size, n)]
         sub = data.take(idx)
         cache = ablation_cache(model, graph, sub.corrupt, ablation)  # type: ignore[arg-type]
@@ -110,6 +114,16 @@ def edge_pruning(
         cost.passes += 2
         cost.forward_equivalents += 3  # a forward for the reference, a forward and a backward for the masks
         bar.set_postfix(kl=f"{float(kl.detach()):.3g}", kept=f"{float(expected.detach()):.0f}")
+        bar.update(1)
+        step += 1
+        if step == 1 and budget_s is not None:  # plan the steps that fit from the first one's time
+            fit = max(2, int(budget_s / max(time.perf_counter() - t0, 1e-9)))
+            if fit < steps:
+                cost.extra["budget_note"] = (f"edge-pruning: {fit} of {steps} steps fit the budget of {budget_s:.0f} s "
+                                             f"({time.perf_counter() - t0:.1f} s per step)")
+                steps = fit
+                bar.total = steps
+                bar.refresh()
     bar.close()
     scores = log_alpha.detach().cpu().double() * graph.valid
     mask = exact_size(graph, scores.masked_fill(~graph.valid, float("-inf")), n_target)
@@ -122,18 +136,22 @@ def edge_pruning(
 def _run(ctx: Context, s: Settings) -> Outcome:
     n = s.edges or default_size(ctx.graph)
     circuit, log_alpha, cost = edge_pruning(ctx.model, ctx.graph, ctx.data, edges=n, ablation=s.ablation,
-                                            steps=s.train_steps, seed=s.seed, progress=ctx.progress, **s.options)
+                                            steps=s.train_steps, seed=s.seed, budget_s=s.budget_s,
+                                            progress=ctx.progress, **s.options)
+    steps = circuit.meta["steps"]
     keep = torch.sigmoid(log_alpha.double()) * ctx.graph.valid  # monotone in log alpha, positive: |.| ranks right
     circuit.meta["label"] = f"n={n}"
     scores = EdgeScores(ctx.graph, keep, "edge-pruning", meta={"ranking": "keep probability sigmoid(log alpha)",
-                                                              "requested_edges": n, "steps": s.train_steps})
-    note = (f"edge-pruning: masks trained for {n} edges ({s.train_steps} steps); the curve ranks every edge by its "
-            "learned keep probability sigmoid(log alpha)")
-    return Outcome(scores=scores, circuits=[circuit], cost=cost, notes=[note])
+                                                              "requested_edges": n, "steps": steps})
+    notes = [f"edge-pruning: masks trained for {n} edges ({steps} steps); the curve ranks every edge by its "
+             "learned keep probability sigmoid(log alpha)"]
+    if "budget_note" in cost.extra:
+        notes.append(cost.extra["budget_note"])
+    return Outcome(scores=scores, circuits=[circuit], cost=cost, notes=notes)
 
 
 METHODS = (
     Method("edge-pruning", "ranking", "learned hard-concrete edge masks at one size; every edge ranked by its keep "
            "probability", _run, cost=lambda graph, s: 3.0 * s.train_steps, ranking_sense="keep", in_job=True,
-           controls=("edges", "train_steps", "seed")),
+           controls=("edges", "train_steps", "seed", "budget_s")),
 )

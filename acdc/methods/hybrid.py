@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from acdc.arch import get_arch
 from acdc.attribution import attribute
@@ -40,6 +41,7 @@ def hybrid_search(
     width: int | None = None,
     refine: bool = True,
     scores: Any = None,
+    budget_s: float | None = None,
     progress: bool = True,
 ) -> tuple[Circuit, SearchCost]:
     """Rank edges by attribution, then let exact evaluations decide (see the README's "hybrid" section).
@@ -56,6 +58,9 @@ def hybrid_search(
     3. ``refine``: try removing the circuit's edges, least important first, keeping each removal that leaves
        f >= ``target`` (``width`` cumulative removals per call, decisions replayed in order). Each removal is
        evaluated by the incremental engine of the fast ACDC (only the nodes the edge reaches are recomputed).
+
+    ``budget_s``: seconds the search may take; past it the bisection stops at the smallest size found reaching
+    ``target`` and the refinement keeps the removals decided so far (``cost.extra["budget_note"]`` says so).
 
     ``width`` defaults to 8 on a GPU (a batch costs about one pass) and 1 on a CPU (bisection).
     Every evaluation runs on the incremental engine (acdc.incremental), at the metric positions only.
@@ -100,9 +105,17 @@ def hybrid_search(
             circuits[n] = greedy(graph, scores.scores, n)
         return circuits[n]
 
+    deadline = None if budget_s is None else t0 + budget_s
+    notes: list[str] = []
     lo, hi = 0, graph.n_edges  # f(lo) < target (the empty circuit) <= f(hi) (the full one)
     f_at: dict[int, float] = {graph.n_edges: 1.0}
+    bar = tqdm(total=max(1, graph.n_edges).bit_length(), desc=f"hybrid f>={target:g}: sizes", unit="round",
+               disable=not progress, leave=False)
     while hi - lo > 1:
+        if deadline is not None and time.perf_counter() > deadline:
+            notes.append(f"bisection stopped by the budget at {hi} edges (the smallest size found reaching the "
+                         f"target; the crossing lies above {lo})")
+            break
         sizes = sorted({lo + max(1, round((hi - lo) * (j + 1) / (width + 1))) for j in range(width)} - {hi})
         sizes = [s for s in sizes if lo < s < hi] or [lo + 1]
         for s, f in zip(sizes, faith([circuit(s).mask for s in sizes]), strict=True):
@@ -114,6 +127,9 @@ def hybrid_search(
             lo = below[-1] if below else lo
         else:
             lo = sizes[-1]
+        bar.update(1)
+        bar.set_postfix(edges=f"{lo}..{hi}")
+    bar.close()
     chosen = circuit(hi).mask.clone()
     f_now = f_at[hi]
     if refine:
@@ -123,13 +139,21 @@ def hybrid_search(
             engine.reset(chosen)
             cost.passes += 1
             cost.masks += 1
-            chosen, f_now = remove_greedily(engine, chosen, [(u, v) for u, v in order], f_of,
-                                            lambda new, cur: new >= target, f_now, width, cost)
+            bar = tqdm(total=len(order), desc=f"hybrid f>={target:g}: refine", unit="edge", disable=not progress,
+                       leave=False)
+            chosen, f_now, decided = remove_greedily(engine, chosen, [(u, v) for u, v in order], f_of,
+                                                     lambda new, cur: new >= target, f_now, width, cost,
+                                                     deadline=deadline, progress=bar.update)
+            bar.close()
+        if decided < len(order):
+            notes.append(f"refinement stopped by the budget after {decided} of {len(order)} edges")
         chosen = prune_dangling(graph, chosen)
     cost.forward_equivalents = ranking_fe + engine.flops / engine.full_flops
     cost.seconds = time.perf_counter() - t0
     cost.extra["size_before_refine"] = circuit(hi).n_edges
     cost.extra["ranking_forward_equivalents"] = ranking_fe
+    if notes:
+        cost.extra["budget_note"] = f"hybrid (target {target:g}): " + "; ".join(notes) + f" ({budget_s:.0f} s)"
     out = Circuit(graph, chosen, scores=scores.scores, meta={"method": "hybrid", "target": target,
                                                              "ranking": method, "train_faithfulness": f_now,
                                                              **cost.as_dict()})
@@ -145,9 +169,14 @@ def _run(ctx: Context, s: Settings) -> Outcome:
         ctx.rankings[key] = scores
     out = Outcome(scores=scores)
     out.cost.forward_equivalents = float(scores.meta["forward_equivalents"])
-    for tgt in s.targets or DEFAULT_TARGETS:
-        out.record(*hybrid_search(ctx.model, ctx.graph, ctx.data, target=tgt, ablation=s.ablation, scores=scores,
-                                  progress=False, **s.options), label=f"target={tgt:g}")
+    targets = s.targets or DEFAULT_TARGETS
+    for tgt in targets:
+        c, cost = hybrid_search(ctx.model, ctx.graph, ctx.data, target=tgt, ablation=s.ablation, scores=scores,
+                                budget_s=None if s.budget_s is None else s.budget_s / len(targets),
+                                progress=ctx.progress, **s.options)
+        out.record(c, cost, label=f"target={tgt:g}")
+        if "budget_note" in cost.extra:
+            out.notes.append(cost.extra["budget_note"])
     return out
 
 
@@ -156,5 +185,5 @@ METHODS = (
            "each target faithfulness and prune it edge by edge", _run,
            cost=lambda graph, s: ranking_cost(RANKING, s.ig_steps, graph)[1]
            + len(s.targets or DEFAULT_TARGETS) * 2 * max(1, graph.n_edges).bit_length(),
-           in_job=True, controls=("targets", "ig_steps", "options")),
+           in_job=True, controls=("targets", "ig_steps", "budget_s", "options")),
 )

@@ -10,6 +10,7 @@ seen (this changes the cost, never the decisions).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,15 +29,21 @@ def remove_greedily(
     current: float,
     width: int,
     cost: SearchCost,
-) -> tuple[torch.Tensor, float]:
+    *,
+    deadline: float | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> tuple[torch.Tensor, float, int]:
     """Decide ``candidates`` (edges ``(u, v)`` of ``mask``, in order) on ``engine``, whose current circuit must be
     ``mask``. ``value(logits [K, B, n, V])`` gives each candidate's number (indexable by j), ``accept(new,
-    current)`` decides; an accepted candidate's value becomes ``current``. Returns the final mask (CPU) and
-    ``current``."""
+    current)`` decides; an accepted candidate's value becomes ``current``. Stops early once ``time.perf_counter()``
+    passes ``deadline``; ``progress(k)`` is told the number of candidates each call decided. Returns the final mask
+    (CPU), ``current`` and how many candidates were decided (all of them unless the deadline stopped it)."""
     mask = mask.cpu().clone()
     i = 0
     w = width
     while i < len(candidates):
+        if deadline is not None and time.perf_counter() > deadline:
+            break
         batch = candidates[i : i + w]
         trials = mask.unsqueeze(0).repeat(len(batch), 1, 1)
         for j, (u, v) in enumerate(batch):
@@ -55,6 +62,9 @@ def remove_greedily(
             engine.commit(accepted - 1)
             mask = trials[accepted - 1].clone()
         rejected = accepted < len(batch)
-        i += accepted + (1 if rejected else 0)
+        done = accepted + (1 if rejected else 0)
+        i += done
+        if progress is not None:
+            progress(done)
         w = min(width, 2 * w) if not rejected else max(1, min(width, accepted + 1))
-    return mask, current
+    return mask, current, i
