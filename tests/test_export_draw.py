@@ -5,6 +5,7 @@ edge's colour and style as graphviz parsed them), so the tests check the drawing
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import xml.etree.ElementTree as ET
@@ -16,9 +17,10 @@ import torch
 
 from acdc.errors import InputError
 from acdc.export import circuit as draw
-from acdc.export.circuit import EDGE_STYLE, circuit_dot, draw_circuit
+from acdc.export.circuit import EDGE_STYLE, MAX_DRAWN_EDGES, circuit_dot, draw_circuit, drawing_plan
 from acdc.export.plot import METHOD_COLORS, method_colors, pareto_figure, plot_pareto
 from acdc.graph import Circuit, Graph
+from acdc.selection import top_n
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SMALL = ["input->a0.h0<v>", "a0.h0->a1.h1<k>", "a1.h1->logits"]
@@ -196,6 +198,156 @@ def test_missing_dot_program_is_an_input_error(monkeypatch, tmp_path):
     with pytest.raises(InputError) as e:
         draw_circuit(Circuit.from_edges(Graph.from_config(1, 1), ["input->logits"]), tmp_path / "c")
     assert "apt-get install graphviz" in str(e.value) and "\n" not in str(e.value)
+
+
+# ---- large circuits: summaries -------------------------------------------------------------------------------------
+
+# DOT text of circuits drawn before summaries existed (acdc/export/circuit.py at 82686d4): the SMALL circuit's, and
+# for a 189-edge circuit on the 30-layer graph (whose node order within a rank follows set order, so the lines are
+# compared sorted) with and without scores.
+SMALL_DOT_SHA256 = "48e7a4417f43477dbbb8c5a4d619c9f6202819daed6edcda92eebd69c32dcbd4"
+MID_SORTED_SHA256 = {True: "39157c97033140cab00e20337ef3494977280e88f687892feac1316151f1eb7e",
+                     False: "6f353216732ab570f2e05b84ad979ad291112f15df47a4c0470731d2c804e169"}
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def random_circuit(n: int, seed: int, scored: bool = True) -> Circuit:
+    """top-n on random scores over SmolLM2-135M's graph shape (30 layers, 9 heads, 3 k/v heads: 70,651 edges)."""
+    g = Graph.from_config(30, 9, n_kv_heads=3)
+    c = top_n(g, torch.rand(g.n_src, g.n_dst, generator=torch.Generator().manual_seed(seed)), n)
+    return c if scored else Circuit(g, c.mask)
+
+
+def arrows(dot: str) -> dict[tuple[str, str, str], dict[str, str]]:
+    """The drawn arrows, without the thin links from a shared k/v head to its heads."""
+    return {k: a for k, a in edge_attrs(dot).items() if "(shared k/v)" not in a["tooltip"]}
+
+
+@pytest.mark.parametrize("scored", [True, False])
+def test_small_circuits_drawn_exactly_as_before(scored):
+    g = Graph.from_config(2, 4)
+    c = Circuit.from_edges(g, SMALL)
+    if scored:
+        c.scores = torch.rand(g.n_src, g.n_dst)
+    else:
+        assert sha256(circuit_dot(c)) == SMALL_DOT_SHA256
+    plan = drawing_plan(c)
+    assert (plan.kind, plan.summary, plan.note, plan.n_drawn) == ("full", False, None, 3)
+    assert circuit_dot(c) == circuit_dot(c, max_edges=None) == circuit_dot(c, max_edges=3)
+
+    c = random_circuit(1350, seed=7, scored=scored)
+    assert c.n_edges == 189 <= MAX_DRAWN_EDGES and not drawing_plan(c).summary
+    dot = circuit_dot(c)
+    assert sha256("\n".join(sorted(dot.splitlines()))) == MID_SORTED_SHA256[scored]
+    assert len(arrows(dot)) == 189 and len(edge_attrs(dot)) == 288  # and 99 k/v-head-to-head links
+    assert "summary" not in dot and "mclimit" not in dot
+
+
+def test_large_scored_circuit_drawn_as_its_top_edges(tmp_path):
+    c = random_circuit(6000, seed=0)
+    assert c.n_edges == 4824 and c.scores is not None
+    plan = drawing_plan(c)
+    assert (plan.kind, plan.summary, plan.n_edges, plan.n_drawn) == ("top-score", True, 4824, MAX_DRAWN_EDGES)
+    dot = circuit_dot(c)
+    drawn = arrows(dot)
+    assert len(drawn) == MAX_DRAWN_EDGES
+    # exactly the largest |score|s (tooltips give 4 significant digits)
+    mag = c.scores[c.mask].abs().sort(descending=True).values
+    shown = sorted(abs(float(re.search(r"score (\S+)", a["tooltip"]).group(1))) for a in drawn.values())
+    assert shown[0] >= float(mag[MAX_DRAWN_EDGES - 1]) * (1 - 1e-3)
+    assert shown[-1] == pytest.approx(float(mag[0]), rel=1e-3)
+    assert plan.note == (f"summary: {MAX_DRAWN_EDGES} of 4,824 edges drawn (largest |score|); "
+                         "the circuit's JSON file lists them all")
+    assert plan.note in dot and 'mclimit="0.1"' in dot
+    assert dot == circuit_dot(c, max_edges=MAX_DRAWN_EDGES)
+
+    svg, png = draw_circuit(c, tmp_path / "big", title="big one", max_edges=40)
+    texts = svg_texts(svg)
+    assert "big one" in texts and "summary: 40 of 4,824 edges drawn (largest |score|); " \
+        "the circuit's JSON file lists them all" in texts
+    assert len(re.findall(r'<g id="edge\d+" class="edge">', svg.read_text())) >= 40
+    assert png.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_large_unscored_circuit_drawn_as_links_between_layers(tmp_path):
+    c = random_circuit(6000, seed=0, scored=False)
+    plan = drawing_plan(c)
+    assert (plan.kind, plan.n_edges, plan.n_drawn) == ("layers", 4824, MAX_DRAWN_EDGES)
+    assert plan.n_links > MAX_DRAWN_EDGES
+    assert plan.note is not None and plan.note.startswith("summary: 4,824 edges merged into links between layers")
+
+    def links(dot: str) -> dict[tuple[str, str], tuple[int, int]]:
+        out = {}
+        for (t, h, _), a in arrows(dot).items():
+            assert re.fullmatch(r"input|a\d+|m\d+", t) and re.fullmatch(r"a\d+|m\d+|logits", h)
+            have, possible = re.search(r": ([\d,]+) of ([\d,]+) edges$", a["tooltip"]).groups()
+            out[t, h] = (int(have.replace(",", "")), int(possible.replace(",", "")))
+        return out
+
+    every = links(circuit_dot(c, max_edges=c.n_edges - 1))  # below n_edges: still a summary, and every link fits
+    assert len(every) == plan.n_links
+    assert sum(have for have, _ in every.values()) == c.n_edges  # each edge in exactly one link
+    assert all(0 < have <= possible for have, possible in every.values())
+    for (t, h), (_, possible) in every.items():  # writers (9 heads or 1) times readers (9 q + 3 k + 3 v, or 1)
+        assert possible == (9 if t[0] == "a" else 1) * (15 if h[0] == "a" else 1)
+
+    dot = circuit_dot(c)
+    top = links(dot)
+    assert len(top) == MAX_DRAWN_EDGES and plan.note in dot
+    share = {k: have / possible for k, (have, possible) in every.items()}
+    assert min(share[k] for k in top) >= max(share[k] for k in every if k not in top)  # the heaviest links
+    heads = sorted(h for layer, h in c.heads() if layer == 7)
+    label = re.search(r'^  "a7" \[.*label="([^"]*)"', dot, re.M).group(1)
+    assert label.startswith(f"a7: {len(heads)} of 9 heads")
+
+    svg, _ = draw_circuit(c, tmp_path / "big", max_edges=30)
+    assert any(t.startswith("summary: 4,824 edges merged into links") for t in svg_texts(svg))
+
+
+def test_max_edges_none_draws_every_edge(tmp_path):
+    c = random_circuit(6000, seed=0)
+    plan = drawing_plan(c, max_edges=None)
+    assert (plan.kind, plan.n_drawn) == ("full", 4824)
+    dot = circuit_dot(c, max_edges=None)
+    assert len(arrows(dot)) == 4824 and "summary" not in dot
+
+    g = Graph.from_config(2, 4)
+    small = Circuit(g, Circuit.from_edges(g, SMALL).mask, scores=torch.rand(g.n_src, g.n_dst))
+    texts = svg_texts(draw_circuit(small, tmp_path / "two", formats=("svg",), max_edges=2)[0])
+    assert "summary: 2 of 3 edges drawn (largest |score|); the circuit's JSON file lists them all" in texts
+    texts = svg_texts(draw_circuit(small, tmp_path / "all", formats=("svg",), max_edges=None)[0])
+    assert not any("summary" in t for t in texts) and {"a0.h0", "a1.h1"} <= set(texts)
+
+
+def test_one_dot_process_per_distinct_dot_text(monkeypatch, tmp_path):
+    runs = []
+    real = draw.subprocess.run
+
+    def spy(args, **kwargs):
+        runs.append([a for a in args if a.startswith("-T")])
+        return real(args, **kwargs)
+
+    monkeypatch.setattr(draw.subprocess, "run", spy)
+    g = Graph.from_config(2, 4)
+    c = Circuit(g, Circuit.from_edges(g, SMALL).mask, scores=torch.rand(g.n_src, g.n_dst))
+    draw_circuit(c, tmp_path / "full")  # the PNG of a small drawing is sharper: its own DOT text, its own layout
+    assert runs == [["-Tsvg"], ["-Tpng"]]
+    runs.clear()
+    svg, png = draw_circuit(c, tmp_path / "summary", max_edges=2)  # one DOT text: one layout for both
+    assert runs == [["-Tsvg", "-Tpng"]]
+    assert "summary: 2 of 3 edges drawn (largest |score|); the circuit's JSON file lists them all" in svg_texts(svg)
+    assert png.read_bytes().startswith(PNG_MAGIC)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full.png", "full.svg", "summary.png", "summary.svg"]
+
+
+def test_max_edges_must_be_positive(tmp_path):
+    c = Circuit.from_edges(Graph.from_config(1, 1), ["input->a0.h0<q>"])
+    with pytest.raises(InputError, match="max_edges"):
+        draw_circuit(c, tmp_path / "x", max_edges=0)
+    assert list(tmp_path.iterdir()) == []
 
 
 # ---- pareto plots --------------------------------------------------------------------------------------------------
