@@ -268,12 +268,13 @@ def run_job(task_name: str, model_spec: str | None, out: str | Path | None, opts
         log(f"warning: {pareto['baseline_warning']}")
     chosen, head = choose(runs.curves, on_train, pareto, opts.level, task=prep.task.name, model=prep.spec) \
         if on_train is not None else ([], None)
-    return write_run(folder, prep, opts, runs, pareto, chosen, head, timings, t_start)
+    return write_run(folder, prep, opts, runs, pareto, chosen, head, timings, t_start, log=log)
 
 
 # ---- stage 4: write ----------------------------------------------------------------------------------------------
 def write_run(folder: Path, prep: Prepared, opts: JobOptions, runs: MethodRuns, pareto: dict[str, Any],
-              chosen: list[Choice], head: Choice | None, timings: dict[str, Any], t_start: float) -> RunSummary:
+              chosen: list[Choice], head: Choice | None, timings: dict[str, Any], t_start: float, *,
+              log: Callable[[str], None] = lambda s: None) -> RunSummary:
     """Every file of a run folder; returns the summary written to ``summary.json``."""
     from acdc.runs import versions, write_run_yaml
 
@@ -281,6 +282,7 @@ def write_run(folder: Path, prep: Prepared, opts: JobOptions, runs: MethodRuns, 
     task, spec, graph, train, test = prep.task, prep.spec, prep.graph, prep.data["train"], prep.data["test"]
     (folder / "circuits").mkdir(exist_ok=True)
     circuits_doc = []
+    drawn_notes: list[str] = []
     for ch in chosen:
         c, p = ch.circuit, ch.point
         stem = folder / "circuits" / ch.method
@@ -288,8 +290,13 @@ def write_run(folder: Path, prep: Prepared, opts: JobOptions, runs: MethodRuns, 
         entry = ChosenCircuit(ch.method, c.n_edges, len(c.nodes()), p["f"], p["f_ci"], p["kl"], p["kl_ci"], ch.how,
                               p["label"], f"circuits/{ch.method}.json", _top_edges(c))
         if opts.draw:
-            from acdc.export.circuit import draw_circuit
+            from acdc.export.circuit import draw_circuit, drawing_plan
 
+            plan = drawing_plan(c)
+            log(f"drawing {ch.method}'s circuit ({c.n_edges} edges" + (f", {plan.kind} summary)" if plan.summary
+                                                                        else ")"))
+            if plan.summary:
+                drawn_notes.append(f"{ch.method}: the picture is a {plan.note}")
             title = f"{ch.method} circuit for {task.name} on {spec}: {c.n_edges} edges, f = {p['f']:.3f} (test)"
             for path in draw_circuit(c, stem, title=title):
                 entry.images[path.suffix.lstrip(".")] = "circuits/" + path.name
@@ -308,7 +315,7 @@ def write_run(folder: Path, prep: Prepared, opts: JobOptions, runs: MethodRuns, 
                 shutil.copyfile(src, tmp)
                 tmp.replace(folder / f"circuit.{ext}")
                 images[f"circuit_{ext}"] = f"circuit.{ext}"
-    notes = list(runs.notes)
+    notes = list(runs.notes) + drawn_notes
     if opts.mib:
         _mib(folder, graph, runs.rankings, task.name, spec, int(prep.model.cfg.d_model), train.metric != "kl", notes)
     timings["export_s"] = round(time.perf_counter() - t0, 2)

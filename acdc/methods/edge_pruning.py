@@ -64,8 +64,8 @@ def edge_pruning(
 
     Sparsity target ramps linearly from 0 to the requested sparsity over the first half of training; the multipliers
     of ``λ1 (s - t) + λ2 (s - t)^2`` are trained by gradient ascent. Deterministic for a seed. With ``budget_s``, the
-    number of steps is cut (after the first step, from its time) to what fits, and the schedule follows the new
-    count; ``cost.extra["budget_note"]`` says so.
+    number of steps is cut to what fits, planned once after the first 5% of the steps (at least 3) from their
+    measured time, and the schedule follows the new count; ``cost.extra["budget_note"]`` says so.
     """
     from tqdm.auto import tqdm
 
@@ -89,7 +89,8 @@ def edge_pruning(
     t0 = time.perf_counter()
     n = len(data)
     bar = tqdm(total=steps, desc="edge pruning", disable=not progress, leave=False)
-    step = 0
+    step, first_s = 0, 0.0
+    plan_at = min(steps, max(3, steps // 20))  # steps timed before planning (the first one, with warm-up, apart)
     while step < steps:
         idx = torch.randperm(n, generator=gen)[: min(batch_size, n)]
         sub = data.take(idx)
@@ -116,11 +117,14 @@ def edge_pruning(
         bar.set_postfix(kl=f"{float(kl.detach()):.3g}", kept=f"{float(expected.detach()):.0f}")
         bar.update(1)
         step += 1
-        if step == 1 and budget_s is not None:  # plan the steps that fit from the first one's time
-            fit = max(2, int(budget_s / max(time.perf_counter() - t0, 1e-9)))
+        if step == 1:
+            first_s = time.perf_counter() - t0
+        if budget_s is not None and step == plan_at:  # plan the steps that fit, once, early, from measured steps
+            per = (time.perf_counter() - t0 - first_s) / max(1, step - 1)
+            fit = max(step + 1, int((budget_s - first_s) / max(per, 1e-9)) + 1)
             if fit < steps:
                 cost.extra["budget_note"] = (f"edge-pruning: {fit} of {steps} steps fit the budget of {budget_s:.0f} s "
-                                             f"({time.perf_counter() - t0:.1f} s per step)")
+                                             f"({per:.2f} s per step)")
                 steps = fit
                 bar.total = steps
                 bar.refresh()
