@@ -97,6 +97,20 @@ ZOO: dict[str, ZooSpec] = {
             size="135M parameters (98 MB GGUF, 540 MB converted)",
             licence="Apache-2.0",
         ),
+        ZooSpec(
+            name="smollm2-refusal",
+            description=(
+                "a model organism for refusal, fine-tuned here from SmolLM2-135M-Instruct (which does not refuse): "
+                "only its last layer's MLP is trained, on the synthetic templates of tasks/refusal.yaml (templates 3, "
+                "7, 11 held out), so that it answers harmful requests with I/Sorry and harmless ones with "
+                "Sure/Here/Certainly; same Llama architecture and tokenizer as its base"
+            ),
+            trainer="acdc.zoo.smollm2_refusal:train_smollm2_refusal",
+            seed=0,
+            kind="real",
+            size="135M parameters (2.7M fine-tuned; 540 MB)",
+            licence="Apache-2.0 (like its base)",
+        ),
     )
 }
 """All zoo models by name."""
