@@ -72,7 +72,7 @@ def zoo_list() -> None:
     from acdc.zoo import ZOO, is_trained, zoo_model_path
 
     for name, spec in ZOO.items():
-        verb = "trains" if spec.kind == "toy" else "converts"
+        verb = "converts" if spec.trainer.startswith("acdc.zoo.gguf:") else "trains"
         state = "ready" if is_trained(name) else f"not ready ({verb} on first use)"
         click.echo(f"zoo:{name:<22} {spec.kind:<5} {state:<32} {zoo_model_path(name)}")
         click.echo(f"    {spec.description}")

@@ -109,7 +109,7 @@ def test_budgets_cut_the_search_and_say_so(toy_ioi) -> None:  # type: ignore[no-
     data = get_task("ioi").build(toy_ioi, 16, split="train")
     ctx = Context(toy_ioi, g, data, progress=False)
     tight = get_method("edge-pruning").run(ctx, Settings(train_steps=50, budget_s=1e-9))
-    assert tight.circuits[0].meta["steps"] == 4 and "4 of 50 steps fit the budget" in tight.notes[-1]
+    assert tight.circuits[0].meta["steps"] == 3 and "3 of 50 steps fit the budget" in tight.notes[-1]
     free = get_method("edge-pruning").run(ctx, Settings(train_steps=20))
     roomy = get_method("edge-pruning").run(ctx, Settings(train_steps=20, budget_s=1e6))
     assert free.circuits[0].meta["steps"] == 20 and len(free.notes) == 1

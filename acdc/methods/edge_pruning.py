@@ -64,8 +64,9 @@ def edge_pruning(
 
     Sparsity target ramps linearly from 0 to the requested sparsity over the first half of training; the multipliers
     of ``λ1 (s - t) + λ2 (s - t)^2`` are trained by gradient ascent. Deterministic for a seed. With ``budget_s``, the
-    number of steps is cut to what fits, planned once after the first 5% of the steps (at least 3) from their
-    measured time, and the schedule follows the new count; ``cost.extra["budget_note"]`` says so.
+    number of steps is cut to what fits, planned once after the first 5% of the steps (at least 3), or as soon as a
+    quarter of the budget is spent, from their measured time,
+    and the schedule follows the new count; ``cost.extra["budget_note"]`` says so.
     """
     from tqdm.auto import tqdm
 
@@ -89,7 +90,7 @@ def edge_pruning(
     t0 = time.perf_counter()
     n = len(data)
     bar = tqdm(total=steps, desc="edge pruning", disable=not progress, leave=False)
-    step, first_s = 0, 0.0
+    step, first_s, planned = 0, 0.0, False
     plan_at = min(steps, max(3, steps // 20))  # steps timed before planning (the first one, with warm-up, apart)
     while step < steps:
         idx = torch.randperm(n, generator=gen)[: min(batch_size, n)]
@@ -119,8 +120,10 @@ def edge_pruning(
         step += 1
         if step == 1:
             first_s = time.perf_counter() - t0
-        if budget_s is not None and step == plan_at:  # plan the steps that fit, once, early, from measured steps
-            per = (time.perf_counter() - t0 - first_s) / max(1, step - 1)
+        elapsed = time.perf_counter() - t0
+        if budget_s is not None and not planned and (step == plan_at or (step >= 2 and elapsed > budget_s / 4)):
+            planned = True  # plan the steps that fit, once, early, from measured steps (the first one apart)
+            per = (elapsed - first_s) / max(1, step - 1)
             fit = max(step + 1, int((budget_s - first_s) / max(per, 1e-9)) + 1)
             if fit < steps:
                 cost.extra["budget_note"] = (f"edge-pruning: {fit} of {steps} steps fit the budget of {budget_s:.0f} s "

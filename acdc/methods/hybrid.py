@@ -170,7 +170,12 @@ def _run(ctx: Context, s: Settings) -> Outcome:
     out = Outcome(scores=scores)
     out.cost.forward_equivalents = float(scores.meta["forward_equivalents"])
     targets = s.targets or DEFAULT_TARGETS
-    for tgt in targets:
+    t0 = time.perf_counter()
+    for i, tgt in enumerate(targets):
+        if s.budget_s is not None and i and time.perf_counter() - t0 > s.budget_s:
+            out.notes.append(f"hybrid: targets {', '.join(f'{t:g}' for t in targets[i:])} skipped: the budget of "
+                             f"{s.budget_s:.0f} s was spent")
+            break
         c, cost = hybrid_search(ctx.model, ctx.graph, ctx.data, target=tgt, ablation=s.ablation, scores=scores,
                                 budget_s=None if s.budget_s is None else s.budget_s / len(targets),
                                 progress=ctx.progress, **s.options)

@@ -86,7 +86,10 @@ def convert_gguf(path: Path, out_dir: Path, *, progress: bool = True, meta: dict
     finally:
         if not progress:
             hf_logging.enable_progress_bar()
-    fresh = type(loaded)(loaded.config)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):  # the weights are dequantised float32 now; nothing is quantised
+        del config.quantization_config
+    fresh = type(loaded)(config)
     fresh.load_state_dict(loaded.state_dict())
     fresh.config.architectures = [arch]
     fresh.eval()
