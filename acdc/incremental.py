@@ -119,6 +119,17 @@ class Incremental:
         self._full = False  # the pass under way computes every reader input from scratch
         self._removed = np.zeros_like(self.mask_np)  # edges some candidate of the pass under way removes
         self._new_inputs: dict[int, tuple[torch.Tensor, _Pos]] = {}
+        # a full pass computes the inputs of readers that share their possible writers in one product over the
+        # writer store (the attention readers of a layer; its MLP reader; the logits), as the masked forward does
+        self._group: dict[int, tuple[list[int], int]] = {}
+        for layer in range(L):
+            rs = graph.attn_readers(layer)
+            block = list(range(rs.start, rs.stop))
+            for r in block:
+                self._group[r] = (block, graph.head_writer(layer, 0))
+            self._group[graph.mlp_reader(layer)] = ([graph.mlp_reader(layer)], graph.mlp_writer(layer))
+        self._group[graph.logits_index] = ([graph.logits_index], graph.n_src)
+        self._block: dict[int, torch.Tensor] = {}
 
     # ---- state --------------------------------------------------------------------------------------------------
     def set_mask(self, mask: torch.Tensor) -> None:
@@ -184,6 +195,9 @@ class Incremental:
         masks = masks.to(torch.bool).cpu()
         union = masks.any(0).numpy()
         self._full = full
+        if full and K != 1:
+            raise ValueError("a full pass computes one circuit")
+        self._block = {}
         self._removed = self.mask_np & ~masks.all(0).numpy()
         self._new_inputs = {}
         hit = np.zeros(self.graph.n_dst, dtype=bool)  # readers fed by a changed writer
@@ -199,6 +213,8 @@ class Incremental:
         def record(w: int, value: torch.Tensor, pos: _Pos) -> None:
             changed[w] = (value, pos)
             hit[:] |= union[w]
+            if full:  # the one circuit of a full pass is committed next: later readers' products read the store
+                _put(self.delta[w], value[0], pos)
 
         def pos_of(w: int) -> _Pos:
             return self.ALL if self.need_all[w] else self.T
@@ -265,16 +281,18 @@ class Incremental:
             return pos.take(val) if vpos.all and not pos.all else val
 
         if self._full:
-            present = np.flatnonzero(self.mask_np[:, r]).tolist()
-            out = pos.take(base).expand(shape).clone()
-            still = [u for u in present if u not in changed]
-            if still:
-                d = pos.take(self.delta[still]) if not pos.all else self.delta[still]
-                out += (col[:, still] @ d.reshape(len(still), -1)).view_as(out)
-            for u in present:
-                if u in changed:
-                    out += col[:, u].view(K, 1, 1, 1) * value(u)
-            n_terms = len(present)
+            # every writer of this pass is already in the store (record); stale values of writers off every path
+            # reach only readers off every path, whose inputs are never read
+            if r not in self._block:
+                group, n_up = self._group[r]
+                B, P, d = self.B, self.P, self.arch.d_model
+                m = coef[0, :n_up][:, group]
+                prod = torch.addmm(base.expand(B, P, d).reshape(1, -1), m.t(), self.delta[:n_up].view(n_up, -1))
+                for i, rr in enumerate(group):
+                    self._block[rr] = prod[i].view(1, B, P, d)
+                self.flops += 2.0 * n_up * len(group) * B * P * d
+            out = pos.take(self._block.pop(r))
+            n_terms = 0
         else:
             out = pos.take(self.inp[r]).expand(shape).clone()
             terms = set(np.flatnonzero(self._removed[:, r]).tolist())

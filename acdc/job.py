@@ -461,9 +461,10 @@ class DiscoverResult:
     outcome: Any  # acdc.methods.Outcome
     evaluation: dict[str, float]
     prep: Prepared
-    folder: Path
+    folder: Path | None  # None on the ranks other than 0 of a distributed search (rank 0 writes)
     seconds: float
     warning: str | None = None  # why f is not meaningful on the test split, if it is not
+    processes: int = 1
 
 
 def discover_job(task_name: str, model_spec: str | None, out: str | Path | None, method: str, *,
@@ -471,31 +472,59 @@ def discover_job(task_name: str, model_spec: str | None, out: str | Path | None,
                  selector: str = "greedy", refine: bool = True, n: int | None = None, seed: int | None = None,
                  counterfactual: str | None = None, dataset: str | None = None, ablation: str | None = None,
                  steps: int | None = None, device_map: str | dict[str, Any] | None = None,
-                 progress: bool = True) -> DiscoverResult:
+                 distributed: bool = False, progress: bool = True) -> DiscoverResult:
     """Find a circuit on the train split with any registered method, evaluate it exactly on the test split, and
     write ``circuit.json``, the method's scores (where it has them) and ``run.yaml``. An interrupted ``acdc``
-    search resumes from ``<out>/search.json``."""
+    search resumes from ``<out>/search.json``. ``distributed``: under torchrun, the processes share the prompts
+    (methods marked distributed, e.g. acdc); rank 0 writes."""
     from acdc.evaluate import baseline_warning, circuit_numbers, evaluate_masks
     from acdc.runs import run_dir, write_run_yaml
 
     m = check_controls(method, threshold=threshold, edges=edges)
+    if distributed and not m.distributed:
+        raise InputError(f"{method} cannot share its prompts among processes; these can: "
+                         f"{', '.join(method_names(distributed=True))}")
     prep = prepare(task_name, model_spec, n=n, seed=seed, counterfactual=counterfactual, dataset=dataset,
                    ablation=ablation, device_map=device_map)
     train, test = prep.data["train"], prep.data["test"]
-    folder = run_dir(prep.task.name, method, out)
+    rank, world = 0, 1
+    evaluator = evaluate_masks
+    if distributed:
+        from acdc.arch import get_arch
+        from acdc.distributed import evaluate_distributed, init_from_env
+
+        rank, world = init_from_env(device=get_arch(prep.model).device)
+        evaluator = evaluate_distributed
+    folder = run_dir(prep.task.name, method, out) if rank == 0 else None
+    if world > 1:  # one folder for all: the ranks resume from the same checkpoint
+        import torch.distributed as tdist
+
+        shared = [str(folder) if folder is not None else None]
+        tdist.broadcast_object_list(shared, src=0)
+        folder = Path(str(shared[0]))
+    assert folder is not None
     options: dict[str, Any] = {}
     if m.name == "acdc":
         options["checkpoint"] = folder / "search.json"
     if m.name == "hybrid":
         options["refine"] = refine
     t0 = time.perf_counter()
-    circuit, outcome = find_circuit(prep.model, prep.graph, train, method, threshold=threshold, edges=edges,
-                                    target=target, selector=selector, ablation=prep.ablation, seed=prep.seed,
-                                    steps=steps, progress=progress, **options)
-    seconds = time.perf_counter() - t0
-    evaluation = evaluate_masks(prep.model, prep.graph, test, [circuit.mask], ablation=prep.ablation)
+    try:
+        circuit, outcome = find_circuit(prep.model, prep.graph, train, method, threshold=threshold, edges=edges,
+                                        target=target, selector=selector, ablation=prep.ablation, seed=prep.seed,
+                                        steps=steps, progress=progress and rank == 0, distributed=distributed,
+                                        **options)
+        seconds = time.perf_counter() - t0
+        evaluation = evaluator(prep.model, prep.graph, test, [circuit.mask], ablation=prep.ablation)
+    finally:
+        if distributed:
+            from acdc.distributed import shutdown
+
+            shutdown()
     ev = circuit_numbers(evaluation)[0]
     warning = baseline_warning(evaluation, test.metric)
+    if rank != 0:
+        return DiscoverResult(circuit, outcome, ev, prep, None, seconds, warning, world)
     circuit.meta.update({"task": prep.task.name, "model": prep.spec, "faithfulness_test": ev["faithfulness"]})
     circuit.save(folder / "circuit.json")
     if outcome.scores is not None:
@@ -506,6 +535,6 @@ def discover_job(task_name: str, model_spec: str | None, out: str | Path | None,
         "seed": prep.seed, "target_faithfulness": target if m.name == "hybrid" else None, "ablation": prep.ablation,
         "train": dict(train.info), "test": dict(test.info), "seconds": round(seconds, 3),
         "cost": outcome.cost.as_dict(), "result": {"edges": circuit.n_edges, **{k: round(v, 6) for k, v in ev.items()}},
-        **({"warning": warning} if warning else {}),
+        **({"warning": warning} if warning else {}), **({"processes": world} if distributed else {}),
     })
-    return DiscoverResult(circuit, outcome, ev, prep, folder, seconds, warning)
+    return DiscoverResult(circuit, outcome, ev, prep, folder, seconds, warning, world)

@@ -80,12 +80,23 @@ def answer_logprob(logits: torch.Tensor, positions: torch.Tensor, answers: torch
 
 def kl_divergence(logits: torch.Tensor, reference: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """KL(reference || logits) per prompt: 0 when the circuit's distribution equals the reference (clean) one."""
-    pos = _check(logits, positions)
-    if tuple(reference.shape[-3:]) != tuple(logits.shape[-3:]):
-        raise ShapeError(f"reference logits {list(reference.shape)} do not match logits {list(logits.shape)}")
+    return kl_to(reference, positions)(logits)
+
+
+def kl_to(reference: torch.Tensor, positions: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``logits -> KL(reference || logits)`` per prompt, the reference's log-probabilities computed once (a search
+    calls it thousands of times with one reference); the same numbers as :func:`kl_divergence`."""
     ref = _wide(reference).log_softmax(-1)
-    lp = _wide(logits).log_softmax(-1)
-    return _reduce((ref.exp() * (ref - lp)).sum(-1), pos)
+    p = ref.exp()
+
+    def kl(logits: torch.Tensor) -> torch.Tensor:
+        pos = _check(logits, positions)
+        if tuple(reference.shape[-3:]) != tuple(logits.shape[-3:]):
+            raise ShapeError(f"reference logits {list(reference.shape)} do not match logits {list(logits.shape)}")
+        lp = _wide(logits).log_softmax(-1)
+        return _reduce((p * (ref - lp)).sum(-1), pos)
+
+    return kl
 
 
 def faithfulness(value: torch.Tensor | float, empty: torch.Tensor | float, full: torch.Tensor | float) -> torch.Tensor:

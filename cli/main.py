@@ -420,12 +420,15 @@ def _all_methods() -> list[str]:
 @click.option("--steps", default=None, type=click.IntRange(1),
               help="edge-pruning: training steps [300]; rankings and hybrid: integrated-gradient steps [5].")
 @_options("device_map")
+@click.option("--distributed", is_flag=True,
+              help="Under torchrun: the processes share the prompts (acdc and the rankings); rank 0 writes and "
+                   "prints. The circuit is the one a single process finds.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Output folder [outputs/<task>/<run-id>/]; an interrupted acdc search resumes from it.")
 def discover(task: str, method: str, threshold: float | None, n_edges: int | None, target: float, no_refine: bool,
              selector: str, model_spec: str | None, n_prompts: int | None, seed: int | None,
              counterfactual: str | None, dataset: str | None, ablation: str | None, steps: int | None,
-             device_map: str | None, out_dir: str | None) -> None:
+             device_map: str | None, distributed: bool, out_dir: str | None) -> None:
     """Find a circuit for TASK on the train split and report its faithfulness on the test split.
 
     Writes circuit.json, scores (where the method has them) and run.yaml to the output folder and prints the size,
@@ -437,12 +440,16 @@ def discover(task: str, method: str, threshold: float | None, n_edges: int | Non
       acdc discover ioi --method acdc --threshold 0.02 --out outputs/ioi/acdc
       acdc discover induction --method edge-pruning --edges 15 --seed 1
       acdc discover ioi --method hybrid --target-faithfulness 0.9 --steps 2
+      torchrun --nproc-per-node 2 -m acdc.cli.main -- discover ioi --method acdc --distributed
     """
     from acdc.job import discover_job
 
     r = discover_job(task, model_spec, out_dir, method, threshold=threshold, edges=n_edges, target=target,
                      selector=selector, refine=not no_refine, n=n_prompts, seed=seed, counterfactual=counterfactual,
-                     dataset=dataset, ablation=ablation, steps=steps, device_map=parse_device_map(device_map))
+                     dataset=dataset, ablation=ablation, steps=steps, device_map=parse_device_map(device_map),
+                     distributed=distributed)
+    if r.folder is None:  # a rank other than 0: rank 0 reports
+        return
     c, ev, graph, test = r.circuit, r.evaluation, r.prep.graph, r.prep.data["test"]
     click.echo(f"{method} circuit for {r.prep.task.name} on {r.prep.spec}: {c.n_edges} of {graph.n_edges} edges, "
                f"{len(c.nodes())} nodes")

@@ -17,6 +17,7 @@ from acdc import Graph, attribute
 from acdc.distributed import attribute_distributed, evaluate_distributed, shard, shard_bounds
 from acdc.errors import InputError
 from acdc.evaluate import evaluate_masks
+from acdc.methods.acdc import acdc_search
 from acdc.types import TaskData
 
 SHAPE = dict(n_layer=2, n_head=3, d_model=24, vocab=40, n_ctx=16, seed=3, init_std=0.15)
@@ -24,6 +25,11 @@ SHAPE = dict(n_layer=2, n_head=3, d_model=24, vocab=40, n_ctx=16, seed=3, init_s
 RUNS = [("eap", "patch", 3, {}), ("eap-ig-inputs", "patch", 3, {"steps": 3}), ("eap", "zero", 4, {}),
         ("eap-ig-inputs", "patch", 4, {"steps": 2, "level": "node"}), ("exact", "patch", 4, {"exact_batch": 40}),
         ("eap", "patch", 16, {})]
+
+
+# exact ACDC with the prompts shared among the ranks: (threshold, ablation, distance, fast)
+ACDC_RUNS = [dict(threshold=2e-3), dict(threshold=5e-3, ablation="mean"), dict(threshold=0.05, distance="metric"),
+             dict(threshold=2e-3, fast=False)]
 
 
 def _free_port() -> int:
@@ -70,6 +76,9 @@ def _worker(rank: int, world: int, port: int, folder: str, model: object) -> Non
                                                progress=False).scores
     ev = evaluate_distributed(model, graph, data, _masks(graph), ablation="mean", batch=2)
     out["mean_eval"] = (ev.metric, ev.kl, ev.full, ev.empty)
+    for i, kw in enumerate(ACDC_RUNS):
+        circuit, _ = acdc_search(model, graph, data, progress=False, distributed=True, **kw)
+        out[f"acdc{i}"] = (circuit.mask, circuit.meta["final_distance"])
     torch.save(out, Path(folder) / f"rank{rank}.pt")
     shutdown()
 
@@ -136,6 +145,19 @@ def test_distributed_mean_ablation_uses_the_mean_over_all_prompts(two_ranks, sin
         metric, kl, full, empty = two_ranks[r]["mean_eval"]
         for got, want in ((metric, own.metric), (kl, own.kl), (full, own.full), (empty, own.empty)):
             assert _rel(got, want) <= 1e-5
+
+
+@pytest.mark.parametrize("i", range(len(ACDC_RUNS)))
+def test_distributed_acdc_finds_the_single_process_circuit(two_ranks, single, i):
+    """Each rank searches on half the prompts with all-reduced distances: both return the circuit one process finds
+    on all of them, a non-trivial one (some edges removed, some kept), with the same final distance."""
+    model, graph, data = single
+    ref, _ = acdc_search(model, graph, data, progress=False, **ACDC_RUNS[i])
+    assert 0 < ref.n_edges < graph.n_edges
+    for r in range(2):
+        mask, final = two_ranks[r][f"acdc{i}"]
+        assert torch.equal(mask, ref.mask)
+        assert abs(final - ref.meta["final_distance"]) <= 1e-5 * max(1.0, abs(ref.meta["final_distance"]))
 
 
 def test_single_process_falls_back_to_attribute(single):

@@ -119,3 +119,29 @@ def test_budgets_cut_the_search_and_say_so(toy_ioi) -> None:  # type: ignore[no-
     full = get_method("hybrid").run(ctx, Settings(targets=(0.8,)))
     roomy_h = get_method("hybrid").run(ctx, Settings(targets=(0.8,), budget_s=1e6))
     assert not full.notes and torch.equal(full.circuits[0].mask, roomy_h.circuits[0].mask)
+
+
+def test_acdc_budget_stops_at_a_reader_and_estimates(toy_ioi, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """ACDC's budget: the largest threshold runs first; a search the budget stops is dropped with a note that says
+    where it stopped and what it would need; a roomy budget gives the unbudgeted circuits in threshold order; a
+    stopped search with a checkpoint resumes to the same circuit."""
+    from acdc.methods.acdc import SearchStopped, acdc_search
+
+    g = Graph.from_model(toy_ioi)
+    data = get_task("ioi").build(toy_ioi, 16, split="train")
+    ctx = Context(toy_ioi, g, data, progress=False)
+    tight = get_method("acdc").run(ctx, Settings(thresholds=(0.01, 0.1), budget_s=0.0))
+    assert not tight.circuits
+    assert "stopped the search at threshold 0.1 after 1 of" in tight.notes[-1]
+    assert "dropped thresholds 0.1, 0.01" in tight.notes[-1]
+    free = get_method("acdc").run(ctx, Settings(thresholds=(0.01, 0.1)))
+    roomy = get_method("acdc").run(ctx, Settings(thresholds=(0.01, 0.1), budget_s=1e6))
+    assert [c.meta["label"] for c in roomy.circuits] == ["tau=0.01", "tau=0.1"] and not roomy.notes
+    for a, b in zip(free.circuits, roomy.circuits, strict=True):
+        assert torch.equal(a.mask, b.mask)
+    ck = tmp_path / "search.json"
+    with pytest.raises(SearchStopped) as stop:
+        acdc_search(toy_ioi, g, data, 0.01, progress=False, checkpoint=ck, deadline=0.0)
+    assert stop.value.readers == 1 and stop.value.estimate_s > 0
+    resumed, cost = acdc_search(toy_ioi, g, data, 0.01, progress=False, checkpoint=ck)
+    assert cost.extra["resumed_at_reader"] == 1 and torch.equal(resumed.mask, free.circuits[0].mask)

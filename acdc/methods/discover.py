@@ -29,8 +29,8 @@ def check_controls(method: str, *, threshold: float | None = None, edges: int | 
 
 def find_circuit(model: Any, graph: Graph, data: TaskData, method: str = "hybrid", *, threshold: float | None = None,
                  edges: int | None = None, target: float = 0.9, selector: str = "greedy", ablation: str = "patch",
-                 seed: int = 0, steps: int | None = None, progress: bool = True, **options: Any
-                 ) -> tuple[Circuit, Outcome]:
+                 seed: int = 0, steps: int | None = None, progress: bool = True, distributed: bool = False,
+                 **options: Any) -> tuple[Circuit, Outcome]:
     """Find a circuit with ``method``; returns the circuit and the method's whole outcome (scores, cost, notes).
 
     - circuit methods (``acdc``, ``hybrid``) and edge pruning return the circuit they found: ``threshold`` is ACDC's
@@ -40,13 +40,20 @@ def find_circuit(model: Any, graph: Graph, data: TaskData, method: str = "hybrid
       with ``edges`` edges, or every edge with |score| >= ``threshold``.
     ``steps``: integrated-gradient steps of rankings and of the hybrid's ranking (5), or training steps of edge
     pruning (300). ``options`` go to the method's search function (e.g. ``fast``, ``checkpoint``, ``refine``).
+    ``distributed``: share the prompts among the torchrun processes (methods marked distributed; see
+    acdc.distributed).
     """
     m = check_controls(method, threshold=threshold, edges=edges)
+    if distributed and not m.distributed:
+        from acdc.methods.registry import method_names
+
+        raise InputError(f"{method} cannot share its prompts among processes; these can: "
+                         f"{', '.join(method_names(distributed=True))}")
     settings = Settings(ablation=ablation, seed=seed, ig_steps=steps or 5, train_steps=steps or 300, edges=edges,
                         thresholds=None if threshold is None or m.kind == "ranking" else (threshold,),
                         targets=(target,), options=options)
     t0 = time.perf_counter()
-    out = m.run(Context(model, graph, data, progress=progress), settings)
+    out = m.run(Context(model, graph, data, progress=progress, distributed=distributed), settings)
     if out.circuits:
         circuit = out.circuits[0]
     else:
