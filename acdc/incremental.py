@@ -19,7 +19,7 @@ forward equivalents: FLOPs done / FLOPs of one plain forward of the model over t
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -63,6 +63,32 @@ class _Pos:
         return x.gather(-2, idx.view(*([1] * len(lead)), b, -1, 1).expand(*lead, b, idx.shape[1], x.shape[-1]))
 
 
+@dataclass
+class MetricPositions:
+    """The positions the metric reads: ``index [B, n]`` per prompt (padded by repeating the prompt's last one),
+    ``data`` the task data restricted to them (pads masked out of ``positions``), ``n_pos`` the number of positions
+    that matter (nothing after the last metric position can reach the metric)."""
+
+    index: torch.Tensor
+    data: TaskData
+    n_pos: int
+
+
+def metric_positions(data: TaskData) -> MetricPositions:
+    """Where ``data``'s metric reads, as a position index per prompt and the sub-data at those positions."""
+    positions = data.positions.cpu()
+    B, P = positions.shape
+    counts = positions.sum(1)
+    n = int(counts.max())
+    order = torch.arange(P).expand(B, P)
+    key = torch.where(positions, order, order + P)  # metric positions first, in order
+    idx = key.sort(1).values[:, :n]
+    pad = torch.arange(n).unsqueeze(0) >= counts.unsqueeze(1)
+    last = idx.gather(1, (counts - 1).clamp_min(0).unsqueeze(1))
+    idx = torch.where(pad, last, idx)
+    return MetricPositions(idx, _subset(data, idx, ~pad), int(positions.any(0).nonzero().max()) + 1)
+
+
 class Incremental:
     """The current circuit's state and exact evaluation of candidate circuits that differ from it by a few edges.
 
@@ -74,24 +100,16 @@ class Incremental:
     def __init__(self, arch: Arch, graph: Graph, clean: torch.Tensor, cache: AblationCache, data: TaskData) -> None:
         self.arch, self.graph = arch, graph
         dev = arch.device
-        positions = data.positions.to(dev)
-        B, P = positions.shape
-        self.P = int(positions.any(0).nonzero().max()) + 1  # nothing after the last metric position matters
-        counts = positions.sum(1)
-        n = int(counts.max())
-        # per prompt: its metric positions, padded by repeating the last (the pads are masked out of the metric)
-        order = torch.arange(P, device=dev).expand(B, P)
-        key = torch.where(positions, order, order + P)  # metric positions first, in order
-        idx = key.sort(1).values[:, :n]
-        pad = torch.arange(n, device=dev).unsqueeze(0) >= counts.unsqueeze(1)
-        last = idx.gather(1, (counts - 1).clamp_min(0).unsqueeze(1))
-        idx = torch.where(pad, last, idx)
+        mp = metric_positions(data)
+        B = len(data)
+        self.P = mp.n_pos
+        idx = mp.index.to(dev)
         self.T = _Pos(idx, self.P)
         self.ALL = _Pos(None, self.P)
-        self.sub = _subset(data, idx.cpu(), ~pad.cpu())
+        self.sub = mp.data
         self.B = B
         self.flops = 0.0
-        self.full_flops = forward_flops(arch, B, P)
+        self.full_flops = forward_flops(arch, B, data.positions.shape[1])
         Pm = self.P
 
         def cut(x: torch.Tensor) -> torch.Tensor:

@@ -245,5 +245,33 @@ def test_cli_pareto_under_torchrun_equals_single_process(tmp_path, toy_ioi):
             for key in ("f", "kl"):
                 assert pg[key] == pytest.approx(pw[key], rel=1e-5, abs=1e-7)
             assert pg["f_ci"] == pytest.approx(pw["f_ci"], rel=1e-5, abs=1e-7)
-    r = CliRunner().invoke(main, ["pareto", "ioi", "--methods", "eap,acdc", "--distributed"])
-    assert r.exit_code == 2 and "run acdc without it" in r.output
+    r = CliRunner().invoke(main, ["pareto", "ioi", "--methods", "eap,hybrid", "--distributed"])
+    assert r.exit_code == 2 and "run hybrid without it" in r.output
+
+
+def test_cli_discover_acdc_under_torchrun_equals_single_process(tmp_path):
+    """``acdc discover --method acdc --distributed`` under torchrun: two processes, each with half the prompts, find
+    the circuit of a plain ``acdc discover`` and evaluate it to the same test numbers; rank 0 alone writes and
+    reports. Methods that cannot share prompts are refused in one line."""
+    import json
+
+    from acdc.cli.main import main
+    from click.testing import CliRunner
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    common = ["discover", "ioi", "--method", "acdc", "--threshold", "0.02", "--n", "24"]
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+         "-m", "acdc.cli.main", "--", *common, "--distributed", "--out", str(tmp_path / "dist")],
+        env=env, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("acdc circuit for ioi") == 1
+    r = CliRunner().invoke(main, [*common, "--out", str(tmp_path / "one")])
+    assert r.exit_code == 0, r.output
+    got = json.loads((tmp_path / "dist" / "circuit.json").read_text())
+    want = json.loads((tmp_path / "one" / "circuit.json").read_text())
+    assert sorted(got["edges"]) == sorted(want["edges"]) and 0 < len(want["edges"])
+    assert got["meta"]["processes"] == 2
+    assert got["meta"]["faithfulness_test"] == pytest.approx(want["meta"]["faithfulness_test"], rel=1e-5)
+    r = CliRunner().invoke(main, ["discover", "ioi", "--method", "hybrid", "--distributed"])
+    assert r.exit_code == 2 and "hybrid cannot share its prompts" in r.output

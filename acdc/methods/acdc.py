@@ -13,7 +13,8 @@ and the nodes reachable from it through edges still in the circuit; the search k
 recomputes only those nodes, only at the positions that can reach the metric. Up to ``speculate`` candidates are
 evaluated per call of the engine (acdc.methods.speculative; 8 on a GPU, where a batch costs about one call; 4 on a
 CPU, where K candidates cost nearly K but the unembedding of K x B positions runs ~1.5x faster per candidate than
-K separate ones on a large vocabulary: SmolLM2's 49,152 tokens, 32 instead of 46-51 ms per candidate). Every decision compares exactly the two circuits the sequential search compares.
+K separate ones on a large vocabulary: SmolLM2's 49,152 tokens, 32 instead of 46-51 ms per candidate). Every
+decision compares exactly the two circuits the sequential search compares.
 Cost is counted in FLOPs and reported as full-model forward equivalents (FLOPs / one plain forward of the batch);
 the plain search counts one per masked forward.
 
