@@ -311,9 +311,12 @@ def masked_forward_unchecked(
     clean: torch.Tensor,
     cache: AblationCache,
     m: torch.Tensor,
+    at: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The masked pass without input checks, for library callers that validated their inputs once (searches,
-    sweeps): logits ``[K, B, P, V]`` of the K masks ``m [K, n_src, n_dst]`` (floating, on the model's device)."""
+    sweeps): logits ``[K, B, P, V]`` of the K masks ``m [K, n_src, n_dst]`` (floating, on the model's device).
+    ``at [B, n]``: unembed only these positions of each prompt (``[K, B, n, V]``; on a large vocabulary the
+    unembedding of every position is a large share of the pass, and more of its backward)."""
     K = m.shape[0]
     B, P = clean.shape
     H, G, dh, d, L = arch.n_heads, arch.n_kv_heads, arch.d_head, arch.d_model, arch.n_layers
@@ -360,8 +363,11 @@ def masked_forward_unchecked(
         write(graph.mlp_writer(layer), arch.mlp(layer, arch.ln2[layer](x.view(N, P, d))).unsqueeze(0))
 
     r = graph.logits_index
-    x = _single_input(m[:, :, r], cache.base_final, total, store.buf, inputs)
-    return arch.unembed(arch.ln_final(x.view(N, P, d))).view(K, B, P, -1)
+    x = _single_input(m[:, :, r], cache.base_final, total, store.buf, inputs).view(K, B, P, d)
+    if at is not None:
+        idx = at.to(x.device)
+        x = x.gather(2, idx.view(1, *idx.shape, 1).expand(K, *idx.shape, d))
+    return arch.unembed(arch.ln_final(x)).view(K, B, x.shape[2], -1)
 
 
 def _single_input(col: torch.Tensor, base: torch.Tensor, total: torch.Tensor | None, delta: torch.Tensor, inputs):

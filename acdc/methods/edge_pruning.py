@@ -17,10 +17,11 @@ from acdc.arch import get_arch
 from acdc.attribution import EdgeScores
 from acdc.errors import InputError
 from acdc.graph import Circuit, Graph, prune_dangling
+from acdc.incremental import metric_positions
 from acdc.methods.base import Context, Method, Outcome, SearchCost, Settings, default_size
 from acdc.methods.hard_concrete import expected_kept, sample
 from acdc.metrics import kl_divergence
-from acdc.patching import ablation_cache, check_graph, masked_forward
+from acdc.patching import AblationCache, ablation_cache, check_graph, masked_forward_unchecked
 from acdc.types import TaskData
 
 
@@ -41,6 +42,25 @@ def exact_size(graph: Graph, key: torch.Tensor, n: int) -> torch.Tensor:
         if c > n:
             break
     return best
+
+
+PRECOMPUTE_BYTES = 2 * 2**30  # the ablated run and the reference logits for all prompts are kept below this
+
+
+def _cache_bytes(arch: Any, graph: Graph, data: TaskData) -> int:
+    """Bytes of an ablation cache (writers and residuals) and the reference logits for all of ``data``."""
+    B, P = data.clean.shape
+    item = torch.finfo(arch.dtype).bits // 8
+    n_t = int(data.positions.sum(1).max())
+    return item * B * (P * arch.d_model * (graph.n_src + 2 * arch.n_layers + 1) + n_t * arch.W_U.shape[1])
+
+
+def _rows(cache: AblationCache, idx: torch.Tensor) -> AblationCache:
+    """The cache of the prompts ``idx`` (a mean or zero cache is shared by every prompt)."""
+    if cache.batch == 1:
+        return cache
+    return AblationCache(cache.ablation, cache.writers[:, idx], cache.base_attn[:, idx], cache.base_mlp[:, idx],
+                         cache.base_final[idx])
 
 
 def edge_pruning(
@@ -89,19 +109,38 @@ def edge_pruning(
     cost = SearchCost()
     t0 = time.perf_counter()
     n = len(data)
+    # The loss reads the metric positions only: logits are computed there alone (on a large vocabulary the
+    # unembedding of every position is a large share of a step). The ablated run and the full model's logits do
+    # not depend on the masks: computed once for all prompts when they fit in a memory share, else per step.
+    mp = metric_positions(data)
+    clean_all = data.clean.to(arch.device)
+    whole: AblationCache | None = None
+    full_all: torch.Tensor | None = None
+    if _cache_bytes(arch, graph, data) <= PRECOMPUTE_BYTES:
+        whole = ablation_cache(model, graph, data.corrupt, ablation)  # type: ignore[arg-type]
+        with torch.no_grad():
+            full_all = masked_forward_unchecked(arch, graph, clean_all, whole, valid.to(arch.dtype).unsqueeze(0),
+                                                at=mp.index)[0]
     bar = tqdm(total=steps, desc="edge pruning", disable=not progress, leave=False)
     step, first_s, planned = 0, 0.0, False
     plan_at = min(steps, max(3, steps // 20))  # steps timed before planning (the first one, with warm-up, apart)
     while step < steps:
         idx = torch.randperm(n, generator=gen)[: min(batch_size, n)]
-        sub = data.take(idx)
-        cache = ablation_cache(model, graph, sub.corrupt, ablation)  # type: ignore[arg-type]
-        with torch.no_grad():
-            full = masked_forward(model, graph, sub.clean, cache, valid.float())
+        sub = mp.data.take(idx)
+        at = mp.index[idx]
+        clean = clean_all[idx.to(arch.device)]
+        if whole is not None and full_all is not None:
+            cache = _rows(whole, idx.to(arch.device))
+            full = full_all[idx.to(full_all.device)]
+        else:
+            cache = ablation_cache(model, graph, data.corrupt[idx], ablation)  # type: ignore[arg-type]
+            with torch.no_grad():
+                full = masked_forward_unchecked(arch, graph, clean, cache, valid.to(arch.dtype).unsqueeze(0),
+                                                at=at)[0]
         u = torch.rand(log_alpha.shape, generator=gen).clamp(1e-6, 1 - 1e-6).to(arch.device)
         with torch.enable_grad():
             z = sample(log_alpha, u) * valid
-            logits = masked_forward(model, graph, sub.clean, cache, z.to(arch.dtype))
+            logits = masked_forward_unchecked(arch, graph, clean, cache, z.to(arch.dtype).unsqueeze(0), at=at)[0]
             kl = kl_divergence(logits, full, sub.positions).mean()
             expected = expected_kept(log_alpha)[valid].sum()
             sparsity = 1.0 - expected / n_valid
@@ -113,8 +152,8 @@ def edge_pruning(
             loss.backward()
         opt.step()
         opt_l.step()
-        cost.passes += 2
-        cost.forward_equivalents += 3  # a forward for the reference, a forward and a backward for the masks
+        cost.passes += 1 if whole is not None else 2
+        cost.forward_equivalents += 3 if whole is not None else 5  # (ablated run, reference,) forward + backward
         bar.set_postfix(kl=f"{float(kl.detach()):.3g}", kept=f"{float(expected.detach()):.0f}")
         bar.update(1)
         step += 1
