@@ -41,3 +41,7 @@ class CircuitFileError(InputError):
 
 class ZooTrainingError(AcdcError):
     """Training a zoo model failed (the loss diverged, a trainer wrote no model, the zoo folder is not writable)."""
+
+
+class BudgetSpent(AcdcError):
+    """A search stopped by its time budget before it had a circuit to return."""

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from acdc.errors import InputError
+from acdc.errors import BudgetSpent, InputError
 from acdc.graph import Circuit, Graph
 from acdc.io import atomic_write_text
 from acdc.methods import Context, Method, Settings, find_circuit, get_method, method_names
@@ -472,7 +472,8 @@ def discover_job(task_name: str, model_spec: str | None, out: str | Path | None,
                  selector: str = "greedy", refine: bool = True, n: int | None = None, seed: int | None = None,
                  counterfactual: str | None = None, dataset: str | None = None, ablation: str | None = None,
                  steps: int | None = None, device_map: str | dict[str, Any] | None = None,
-                 distributed: bool = False, progress: bool = True) -> DiscoverResult:
+                 distributed: bool = False, budget_s: float | None = None,
+                 progress: bool = True) -> DiscoverResult:
     """Find a circuit on the train split with any registered method, evaluate it exactly on the test split, and
     write ``circuit.json``, the method's scores (where it has them) and ``run.yaml``. An interrupted ``acdc``
     search resumes from ``<out>/search.json``. ``distributed``: under torchrun, the processes share the prompts
@@ -513,9 +514,14 @@ def discover_job(task_name: str, model_spec: str | None, out: str | Path | None,
         circuit, outcome = find_circuit(prep.model, prep.graph, train, method, threshold=threshold, edges=edges,
                                         target=target, selector=selector, ablation=prep.ablation, seed=prep.seed,
                                         steps=steps, progress=progress and rank == 0, distributed=distributed,
-                                        **options)
+                                        budget_s=budget_s, **options)
         seconds = time.perf_counter() - t0
         evaluation = evaluator(prep.model, prep.graph, test, [circuit.mask], ablation=prep.ablation)
+    except BudgetSpent as e:
+        if m.name == "acdc":
+            raise BudgetSpent(f"{e}; its state is in {folder / 'search.json'}: the same command with --out {folder} "
+                              "resumes it") from None
+        raise
     finally:
         if distributed:
             from acdc.distributed import shutdown

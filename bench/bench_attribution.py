@@ -14,6 +14,10 @@ resident size right before the measured call (so the model's weights are exclude
 forward+backward (weight gradients on).
 
     python bench/bench_attribution.py [--batch 32] [--pos 16] [--steps 5] [--repeats 3]
+    python bench/bench_attribution.py --model zoo:smollm2-135m-instruct --task ioi --batch 64
+
+``--model`` / ``--task``: a real (or zoo) model on the task's own train prompts (``--batch`` of them) instead of the
+random GPT-2 shape; its Hugging Face module is the floor.
 """
 
 from __future__ import annotations
@@ -43,16 +47,31 @@ def make(batch: int, pos: int):
     return TaskData(clean, corrupt, positions, ans, wrong, "logit_diff")
 
 
-def bare_fns(data, *, weight_grads: bool):
-    from acdc.metrics import logit_diff
-    from acdc.models import random_gpt2_hf
+def setup(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """(bridge, graph, data, HF module): the random GPT-2-small shape, or ``--model`` on ``--task``'s prompts."""
+    from acdc import Graph
 
-    hf = random_gpt2_hf(**SHAPE)
+    if args.model:
+        from acdc import get_task, load_model
+
+        model = load_model(args.model)
+        data = get_task(args.task).build(model, args.batch, split="train")
+    else:
+        from acdc.models import random_gpt2
+
+        model = random_gpt2(**SHAPE)
+        data = make(args.batch, args.pos)
+    return model, Graph.from_model(model), data, model.original_model
+
+
+def bare_fns(hf, data, *, weight_grads: bool):  # type: ignore[no-untyped-def]
+    from acdc.metrics import task_metric
+
     hf.requires_grad_(weight_grads)
-    emb = hf.transformer.wte
+    emb = hf.get_input_embeddings()
 
     def metric(logits):
-        return logit_diff(logits, data.positions, data.answers, data.wrong).mean()
+        return task_metric(data, logits).mean()
 
     def fwd(tokens):
         with torch.no_grad():
@@ -66,21 +85,18 @@ def bare_fns(data, *, weight_grads: bool):
     return fwd, fwd_bwd
 
 
-def child(kind: str, batch: int, pos: int, steps: int) -> None:
+def child(kind: str, args: argparse.Namespace) -> None:
     """Peak-memory probe, run in a subprocess: prints the peak RSS growth (MiB) of one call."""
     torch.set_num_threads(2)
-    data = make(batch, pos)
+    model, graph, data, hf = setup(args)
     if kind == "bare":
-        _, fwd_bwd = bare_fns(data, weight_grads=True)
+        _, fwd_bwd = bare_fns(hf, data, weight_grads=True)
         run = lambda: fwd_bwd(data.clean)  # noqa: E731
     else:
-        from acdc import Graph
         from acdc.attribution import attribute
-        from acdc.models import random_gpt2
 
-        model = random_gpt2(**SHAPE)
-        graph = Graph.from_model(model)
-        run = lambda: attribute(model, graph, data, kind, steps=steps, batch_size=batch, progress=False)  # noqa: E731
+        run = lambda: attribute(model, graph, data, kind, steps=args.steps, batch_size=args.batch,  # noqa: E731
+                                progress=False)
     import gc
 
     gc.collect()
@@ -98,24 +114,23 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model", default=None, help="a model spec (default: the random GPT-2-small shape)")
+    ap.add_argument("--task", default="ioi")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child, args.batch, args.pos, args.steps)
+        child(args.child, args)
         return
     torch.set_num_threads(args.threads)
-    from acdc import Graph
     from acdc.attribution import attribute
-    from acdc.models import random_gpt2
 
-    data = make(args.batch, args.pos)
-    model = random_gpt2(**SHAPE)
-    graph = Graph.from_model(model)
-    print(f"model: GPT-2-small shape, random init; {graph.n_edges} edges; batch {args.batch} x {args.pos} tokens; "
+    model, graph, data, hf = setup(args)
+    what = args.model or "GPT-2-small shape, random init"
+    print(f"model: {what}; {graph.n_edges} edges; batch {data.clean.shape[0]} x {data.clean.shape[1]} tokens; "
           f"{args.threads} threads; median of {args.repeats}")
     floors = {}
     for wg in (True, False):
-        fwd, fwd_bwd = bare_fns(data, weight_grads=wg)
+        fwd, fwd_bwd = bare_fns(hf, data, weight_grads=wg)
         t_f = timed(lambda: fwd(data.clean), args.repeats)  # noqa: B023
         t_fb = timed(lambda: fwd_bwd(data.clean), args.repeats)  # noqa: B023
         floors[wg] = (t_f, t_fb)
@@ -133,8 +148,9 @@ def main() -> None:
         print(f"{method:<14} {t:.3f} s  = " + ", ".join(parts))
     mem = {}
     for kind in ("bare", "eap"):
+        extra = ["--model", args.model, "--task", args.task] if args.model else []
         out = subprocess.run([sys.executable, __file__, "--child", kind, "--batch", str(args.batch), "--pos",
-                              str(args.pos), "--steps", str(k)], capture_output=True, text=True, check=True)
+                              str(args.pos), "--steps", str(k), *extra], capture_output=True, text=True, check=True)
         mem[kind] = json.loads(out.stdout.strip().splitlines()[-1])["growth_mib"]
     print(f"peak memory growth: bare forward+backward {mem['bare']:.0f} MiB, EAP {mem['eap']:.0f} MiB "
           f"= {mem['eap'] / mem['bare']:.2f}x")

@@ -423,12 +423,16 @@ def _all_methods() -> list[str]:
 @click.option("--distributed", is_flag=True,
               help="Under torchrun: the processes share the prompts (acdc and the rankings); rank 0 writes and "
                    "prints. The circuit is the one a single process finds.")
+@click.option("--budget", type=click.FloatRange(0, min_open=True), default=None,
+              help="Seconds the search may take (acdc, edge-pruning, hybrid) [no limit]. acdc stops at a reader "
+                   "and can be resumed with the same --out; edge pruning trains the steps that fit; the hybrid "
+                   "keeps the best circuit found so far.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Output folder [outputs/<task>/<run-id>/]; an interrupted acdc search resumes from it.")
 def discover(task: str, method: str, threshold: float | None, n_edges: int | None, target: float, no_refine: bool,
              selector: str, model_spec: str | None, n_prompts: int | None, seed: int | None,
              counterfactual: str | None, dataset: str | None, ablation: str | None, steps: int | None,
-             device_map: str | None, distributed: bool, out_dir: str | None) -> None:
+             device_map: str | None, distributed: bool, budget: float | None, out_dir: str | None) -> None:
     """Find a circuit for TASK on the train split and report its faithfulness on the test split.
 
     Writes circuit.json, scores (where the method has them) and run.yaml to the output folder and prints the size,
@@ -440,6 +444,7 @@ def discover(task: str, method: str, threshold: float | None, n_edges: int | Non
       acdc discover ioi --method acdc --threshold 0.02 --out outputs/ioi/acdc
       acdc discover induction --method edge-pruning --edges 15 --seed 1
       acdc discover ioi --method hybrid --target-faithfulness 0.9 --steps 2
+      acdc discover ioi --model zoo:smollm2-135m-instruct --method acdc --budget 3600 --out outputs/ioi/acdc
       torchrun --nproc-per-node 2 -m acdc.cli.main -- discover ioi --method acdc --distributed
     """
     from acdc.job import discover_job
@@ -447,7 +452,7 @@ def discover(task: str, method: str, threshold: float | None, n_edges: int | Non
     r = discover_job(task, model_spec, out_dir, method, threshold=threshold, edges=n_edges, target=target,
                      selector=selector, refine=not no_refine, n=n_prompts, seed=seed, counterfactual=counterfactual,
                      dataset=dataset, ablation=ablation, steps=steps, device_map=parse_device_map(device_map),
-                     distributed=distributed)
+                     distributed=distributed, budget_s=budget)
     if r.folder is None:  # a rank other than 0: rank 0 reports
         return
     c, ev, graph, test = r.circuit, r.evaluation, r.prep.graph, r.prep.data["test"]

@@ -145,3 +145,22 @@ def test_acdc_budget_stops_at_a_reader_and_estimates(toy_ioi, tmp_path) -> None:
     assert stop.value.readers == 1 and stop.value.estimate_s > 0
     resumed, cost = acdc_search(toy_ioi, g, data, 0.01, progress=False, checkpoint=ck)
     assert cost.extra["resumed_at_reader"] == 1 and torch.equal(resumed.mask, free.circuits[0].mask)
+
+
+def test_discover_budget_stops_acdc_in_one_line_and_resumes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`acdc discover --method acdc --budget` that is too small: one line (exit 1) saying where the search stopped and
+    how to resume; the same command with the same --out and no budget resumes and writes the circuit a fresh
+    search finds."""
+    out = tmp_path / "acdc"
+    args = ["discover", "ioi", "--method", "acdc", "--n", "16", "--threshold", "0.02", "--out", str(out)]
+    r = CliRunner().invoke(main, [*args, "--budget", "1e-9"])
+    assert r.exit_code == 1, r.output
+    assert "stopped the search at threshold 0.02 after 1 of" in r.output and "resumes it" in r.output
+    assert "Traceback" not in r.output and (out / "search.json").is_file()
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    fresh = CliRunner().invoke(main, [*args[:-1], str(tmp_path / "fresh")])
+    assert fresh.exit_code == 0, fresh.output
+    a = json.loads((out / "circuit.json").read_text())
+    b = json.loads((tmp_path / "fresh" / "circuit.json").read_text())
+    assert sorted(a["edges"]) == sorted(b["edges"]) and a["meta"]["resumed_at_reader"] == 1

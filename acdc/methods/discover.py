@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from acdc.errors import InputError
+from acdc.errors import BudgetSpent, InputError
 from acdc.graph import Circuit, Graph
 from acdc.methods.base import Context, Method, Outcome, SearchCost, Settings, default_size
 from acdc.methods.registry import get_method
@@ -30,7 +30,7 @@ def check_controls(method: str, *, threshold: float | None = None, edges: int | 
 def find_circuit(model: Any, graph: Graph, data: TaskData, method: str = "hybrid", *, threshold: float | None = None,
                  edges: int | None = None, target: float = 0.9, selector: str = "greedy", ablation: str = "patch",
                  seed: int = 0, steps: int | None = None, progress: bool = True, distributed: bool = False,
-                 **options: Any) -> tuple[Circuit, Outcome]:
+                 budget_s: float | None = None, **options: Any) -> tuple[Circuit, Outcome]:
     """Find a circuit with ``method``; returns the circuit and the method's whole outcome (scores, cost, notes).
 
     - circuit methods (``acdc``, ``hybrid``) and edge pruning return the circuit they found: ``threshold`` is ACDC's
@@ -41,7 +41,8 @@ def find_circuit(model: Any, graph: Graph, data: TaskData, method: str = "hybrid
     ``steps``: integrated-gradient steps of rankings and of the hybrid's ranking (5), or training steps of edge
     pruning (300). ``options`` go to the method's search function (e.g. ``fast``, ``checkpoint``, ``refine``).
     ``distributed``: share the prompts among the torchrun processes (methods marked distributed; see
-    acdc.distributed).
+    acdc.distributed). ``budget_s``: seconds the search may take (acdc, edge pruning, the hybrid); an exact search
+    it stops before the end raises :class:`~acdc.errors.BudgetSpent` saying how far it got.
     """
     m = check_controls(method, threshold=threshold, edges=edges)
     if distributed and not m.distributed:
@@ -51,9 +52,11 @@ def find_circuit(model: Any, graph: Graph, data: TaskData, method: str = "hybrid
                          f"{', '.join(method_names(distributed=True))}")
     settings = Settings(ablation=ablation, seed=seed, ig_steps=steps or 5, train_steps=steps or 300, edges=edges,
                         thresholds=None if threshold is None or m.kind == "ranking" else (threshold,),
-                        targets=(target,), options=options)
+                        targets=(target,), budget_s=budget_s, options=options)
     t0 = time.perf_counter()
     out = m.run(Context(model, graph, data, progress=progress, distributed=distributed), settings)
+    if not out.circuits and m.kind == "circuits":
+        raise BudgetSpent(out.notes[-1] if out.notes else f"{method} returned no circuit")
     if out.circuits:
         circuit = out.circuits[0]
     else:
