@@ -102,8 +102,14 @@ def child(kind: str, args: argparse.Namespace) -> None:
     gc.collect()
     with open("/proc/self/statm") as f:
         before = int(f.read().split()[1]) * resource.getpagesize() / 2**20
+    try:  # reset the peak (VmHWM) so that loading the model does not count
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
     run()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    with open("/proc/self/status") as f:
+        peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024  # KiB
     print(json.dumps({"kind": kind, "growth_mib": peak - before}))
 
 
