@@ -8,6 +8,10 @@ Every score is in metric units and estimates the change of the task metric M whe
 - ``eap-ig-inputs`` (alias ``eap-ig``; Hanna et al. 2024): the gradient averaged over ``steps`` runs whose input
   embeddings are ``ẽ + α (e - ẽ)``, ``α = j / steps`` for ``j = 1..steps`` (right-endpoint rule: the clean run is
   included, the counterfactual excluded, so one step is exactly ``eap``), times the same ``ã_u - a_u``.
+- ``eap-ig-midpoint``: the same integral by the midpoint rule, ``α = (j - 1/2) / steps``: neither end point is
+  sampled (the right-endpoint rule over-weights the clean run, where gradients can saturate; the EAP-IG library's
+  left-endpoint rule over-weights the counterfactual one). ``steps`` passes plus one forward for the clean
+  activations.
 - ``eap-ig-activations``: for each writer group (the input, one layer's heads, one layer's MLP) in turn, the
   group's outputs are set to ``ã + α (a - ã)`` (same α grid) and the gradient on every reader downstream is
   averaged; scores of edges leaving that group use it. ``steps x (2L + 1)`` passes.
@@ -54,7 +58,8 @@ from acdc.patching import (
 )
 from acdc.types import ABLATIONS, Ablation, TaskData
 
-Method = Literal["eap", "eap-ig-inputs", "eap-ig", "eap-ig-activations", "clean-corrupted", "mask-ig", "exact"]
+Method = Literal["eap", "eap-ig-inputs", "eap-ig", "eap-ig-midpoint", "eap-ig-activations", "clean-corrupted",
+                 "mask-ig", "exact"]
 METHODS: tuple[str, ...] = get_args(Method)
 Level = Literal["edge", "node"]
 
@@ -330,7 +335,7 @@ def attribute(
     if level == "node" and method != "exact":
         total = (total * graph.valid.double()).sum(1)
     meta = {"method": method, "ablation": ablation, "steps": steps if method in ("eap-ig-inputs", "mask-ig",
-            "eap-ig-activations") else None, "n_prompts": n, "metric": data.metric, "level": level,
+            "eap-ig-activations", "eap-ig-midpoint") else None, "n_prompts": n, "metric": data.metric, "level": level,
             "batch_size": batch_size, "passes": per_batch * len(batches),
             "forward_equivalents": fwd_eq + (ablation != "zero") + (data.metric == "kl")}
     return EdgeScores(graph, total * (graph.valid.double() if total.dim() == 2 else 1.0), method, level, meta)
@@ -346,10 +351,12 @@ def attribution_cost(method: str, steps: int, graph: Graph, *, level: Level = "e
     if method == "exact":
         n_masks = (graph.n_edges if level == "edge" else graph.n_src) + 1
         return math.ceil(n_masks / exact_batch), float(n_masks)
-    per = {"eap": 1, "eap-ig-inputs": steps, "clean-corrupted": 2, "mask-ig": steps,
+    per = {"eap": 1, "eap-ig-inputs": steps, "clean-corrupted": 2, "mask-ig": steps, "eap-ig-midpoint": steps,
            "eap-ig-activations": 1 + (steps - 1) * (2 * graph.n_layers + 1)}
     if method not in per:
         raise InputError(f"unknown attribution method '{method}'; choose one of {', '.join(METHODS)}")
+    if method == "eap-ig-midpoint":  # plus one forward (no backward) for the clean activations
+        return per[method] + 1, 3.0 * per[method] + 1.0
     return per[method], 3.0 * per[method]
 
 
@@ -360,6 +367,18 @@ def _gradient_method(
     abl = cache.writers  # [S, B', P', d]
     clean = sub.clean.to(arch.device)
     e = arch.embed(clean)  # clean input embeddings [B, P, d]
+    if method == "eap-ig-midpoint":
+        with torch.no_grad():
+            _, run = plain_forward(arch, clean, logits=False)
+        bar.update(1)
+        delta_m = abl - run.writers
+        base_m = abl[0].expand_as(e)
+        total = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.float64, device=arch.device)
+        for j in range(1, steps + 1):
+            a = (j - 0.5) / steps
+            total = total + _grad_scores(arch, graph, base_m + a * (e - base_m), metric, abl, delta_m)
+            bar.update(1)
+        return total / steps
     keep: list[torch.Tensor] = []
     # the clean run itself (alpha = 1) first: it also records the clean writer outputs a, hence delta = ã - a
     s = _grad_scores(arch, graph, e, metric, abl, keep=keep)

@@ -244,3 +244,22 @@ def test_ig_tracks_exact_better_than_eap_on_toy_ioi(toy_ioi):
 
     r_eap, r_ig = r("eap"), r("eap-ig-inputs")
     assert r_ig > 0.6 and r_ig > r_eap + 0.2, (r_eap, r_ig)
+
+
+def test_eap_ig_midpoint_converges_faster_than_the_right_endpoint_rule(toy_ioi):
+    """eap-ig-midpoint integrates the same path as eap-ig-inputs (at 256 steps the two rules agree to 5% of the
+    largest score) by a rule of higher order: at 4 steps it is much closer to the 256-step integral of the other
+    rule than the right-endpoint rule's own 4-step sum is (the toy model's integrand is rough, so this is checked
+    where it matters, at few steps)."""
+    from acdc import Graph, attribute, get_task
+
+    g = Graph.from_model(toy_ioi)
+    data = get_task("ioi").build(toy_ioi, 16, split="train")
+    ref = attribute(toy_ioi, g, data, "eap-ig-inputs", steps=256, progress=False).scores
+    ref_mid = attribute(toy_ioi, g, data, "eap-ig-midpoint", steps=256, progress=False).scores
+    assert float((ref - ref_mid).abs().max()) < 0.05 * float(ref.abs().max())
+    mid = attribute(toy_ioi, g, data, "eap-ig-midpoint", steps=4, progress=False)
+    right = attribute(toy_ioi, g, data, "eap-ig-inputs", steps=4, progress=False).scores
+    err_mid, err_right = float((mid.scores - ref).abs().max()), float((right - ref).abs().max())
+    assert err_mid < 0.5 * err_right
+    assert mid.meta["passes"] == 5 and mid.meta["steps"] == 4

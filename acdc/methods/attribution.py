@@ -54,6 +54,7 @@ METHODS = (
     _record("eap-ig", "EAP with integrated gradients along the input embeddings (= eap-ig-inputs)", in_job=True,
             method="eap-ig-inputs"),
     _record("eap-ig-inputs", "EAP with integrated gradients along the input embeddings"),
+    _record("eap-ig-midpoint", "EAP-IG along the input embeddings by the midpoint rule (no end point sampled)"),
     _record("eap-ig-activations", "EAP with integrated gradients along each writer group's activations"),
     _record("clean-corrupted", "EAP with the gradient averaged over the clean and the counterfactual run"),
     _record("mask-ig", "integrated gradients along the edge-mask path m = a * 1, a in (0, 1]"),
