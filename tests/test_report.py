@@ -156,11 +156,16 @@ class _Page(HTMLParser):
         self.tags: list[tuple[str, dict[str, str | None]]] = []
         self.text: list[str] = []
         self.tables: list[list[list[str]]] = []
+        self.scripts: list[tuple[dict[str, str | None], str]] = []  # (attributes, content) of each <script>
         self._cell: list[str] | None = None
+        self._script: dict[str, str | None] | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.tags.append((tag, dict(attrs)))
-        if tag == "table":
+        if tag == "script":
+            self._script = dict(attrs)
+            self.scripts.append((self._script, ""))
+        elif tag == "table":
             self.tables.append([])
         elif tag == "tr":
             self.tables[-1].append([])
@@ -168,11 +173,17 @@ class _Page(HTMLParser):
             self._cell = []
 
     def handle_endtag(self, tag: str) -> None:
+        if tag == "script":
+            self._script = None
         if tag in ("td", "th") and self._cell is not None:
             self.tables[-1][-1].append(" ".join("".join(self._cell).split()))
             self._cell = None
 
     def handle_data(self, data: str) -> None:
+        if self._script is not None:  # a script's source is not text a reader sees
+            attrs, content = self.scripts[-1]
+            self.scripts[-1] = (attrs, content + data)
+            return
         self.text.append(data)
         if self._cell is not None:
             self._cell.append(data)
@@ -180,6 +191,12 @@ class _Page(HTMLParser):
     @property
     def all_text(self) -> str:
         return " ".join(" ".join(self.text).split())
+
+    def view_data(self) -> dict[str, Any]:
+        """The parsed JSON of the interactive view's data block."""
+        blocks = [c for a, c in self.scripts if a.get("id") == "acdc-view-data"]
+        assert len(blocks) == 1, f"expected one view data block, found {len(blocks)}"
+        return json.loads(blocks[0])
 
     def imgs(self) -> list[str]:
         return [a.get("src") or "" for t, a in self.tags if t == "img"]
@@ -219,7 +236,12 @@ def test_report_references_nothing_outside_itself(run_folder: Path) -> None:
     assert refs, "expected at least the images and the navigation links"
     for tag, key, value in refs:
         assert value.startswith(("data:", "#")), f"<{tag} {key}={value[:60]!r}> points outside the page"
-    assert not [t for t, _ in page.tags if t in ("script", "iframe", "object", "embed", "base")]
+    assert not [t for t, _ in page.tags if t in ("iframe", "object", "embed", "base")]
+    # Two scripts, both inline: the view's data (not executable) and the viewer; nothing in them loads anything.
+    assert [a for a, _ in page.scripts] == [{"type": "application/json", "id": "acdc-view-data"}, {}]
+    viewer = page.scripts[1][1].replace('"http://www.w3.org/2000/svg"', "")  # a namespace name, never fetched
+    for word in ("fetch(", "XMLHttpRequest", "import(", "WebSocket", "http://", "https://"):
+        assert word not in viewer or (word == "fetch(" and "LIVE" in viewer), word
     assert not [a for t, a in page.tags if t == "link" and a.get("rel") != "icon"]
     html_text = out.read_text()
     assert "@import" not in html_text and "url(" not in html_text
@@ -288,10 +310,13 @@ def test_strings_from_the_json_are_escaped(tmp_path: Path) -> None:
     summary["command"] = "acdc run 'a&b'"
     out = write_report(make_run_folder(tmp_path / "run", summary))
     raw = out.read_text()
-    assert "<script" not in raw and "<img src=x" not in raw
+    assert EVIL not in raw and "<img src=x" not in raw
     assert "&lt;script&gt;" in raw and "&amp; more" in raw
     page = _parse(out)
-    assert not [t for t, _ in page.tags if t == "script"]
+    assert len([t for t, _ in page.tags if t == "script"]) == 2  # the view's data and the viewer, nothing injected
+    data_block = page.scripts[0][1]
+    assert "<" not in data_block and ">" not in data_block and "&" not in data_block
+    assert page.view_data()["task"] == '"><img src=x>'  # the JSON carries the string intact, escaped
     assert all(src.startswith("data:") for src in page.imgs())
     assert EVIL in page.all_text and f"note {EVIL} & more" in page.all_text and "acdc run 'a&b'" in page.all_text
     assert page.row(EVIL)[1] == "0.734"
@@ -317,7 +342,8 @@ def test_a_bare_summary_still_renders(tmp_path: Path) -> None:
     folder.mkdir()
     (folder / "summary.json").write_text(json.dumps({"format": "acdc-run/1", "circuits": None, "pareto": [1]}))
     text = _parse(write_report(folder)).all_text
-    for what in ("Image", "Method summary", "Frontier", "Circuits", "Curves", "Timings", "Versions"):
+    for what in ("Image", "Interactive view", "Method summary", "Frontier", "Circuits", "Curves", "Timings",
+                 "Versions"):
         assert f"{what} not available" in text, what
 
 
@@ -359,3 +385,161 @@ def test_write_is_atomic_and_leaves_no_temp_files(run_folder: Path) -> None:
     assert (run_folder / "report.html").read_text() == first
     after = {p.relative_to(run_folder) for p in run_folder.rglob("*")}
     assert after == before | {Path("report.html")}
+
+
+# ---- the interactive view's data -------------------------------------------------------------------------------------
+def make_view_run(folder: Path, *, n_kv_heads: int | None = None, rankings: tuple[str, ...] = ("eap", "eap-ig"),
+                  n_test: int = 16, seed: int = 0) -> Path:
+    """A run folder as `acdc run ioi --model zoo:toy-ioi` writes it, with real circuits: each ranking's curve is the
+    sweep's greedy circuits of random scores (chosen: the first of at least 20 edges, saved with every score), and
+    ``acdc`` has three found circuits of which the run saved one. f values are made up (f = fraction of edges)."""
+    import torch
+
+    from acdc.graph import Circuit, Graph
+    from acdc.pareto import size_grid
+    from acdc.selection import ordered_circuits, top_n
+
+    graph = Graph.from_config(2, 4, n_kv_heads)
+    gen = torch.Generator().manual_seed(seed)
+    sizes = size_grid(graph.n_edges)
+    summary = fake_summary()
+    summary["graph"] = {"writers": graph.n_src, "readers": graph.n_dst, "edges": graph.n_edges, "n_layers": 2,
+                        "n_heads": 4}
+    summary["data"]["test"].update({"n": n_test, "seed": seed, "task": "ioi"})
+    summary["pareto"]["n_edges_total"] = graph.n_edges
+
+    def point(c: Circuit, requested: int | None, label: str) -> dict[str, Any]:
+        f = c.n_edges / graph.n_edges
+        return {"edges": c.n_edges, "requested": requested, "fraction": f, "f": f, "f_ci": [f - 0.01, f + 0.01],
+                "kl": 1 - f, "kl_ci": [0.9 * (1 - f), 1.1 * (1 - f)], "label": label}
+
+    curves, entries, saved = [], [], {}
+    for name in rankings:
+        scores = torch.randn(graph.n_src, graph.n_dst, generator=gen) * graph.valid
+        circuits = ordered_circuits(graph, scores, sizes)
+        pts = [point(c, n, f"n={n}") for c, n in zip(circuits, sizes, strict=True)]
+        i = next(k for k, c in enumerate(circuits) if c.n_edges >= 20)
+        curves.append({"method": name, "kind": "scores", "points": pts})
+        saved[name] = circuits[i]
+        entries.append((name, circuits[i], pts[i]))
+    found = [top_n(graph, torch.randn(graph.n_src, graph.n_dst, generator=gen), n) for n in (8, 15, 30)]
+    pts = [point(c, None, f"tau={t}") for c, t in zip(found, (0.1, 0.03, 0.01), strict=True)]
+    curves.append({"method": "acdc", "kind": "circuits", "points": pts})
+    saved["acdc"] = Circuit(graph, found[1].mask)
+    entries.append(("acdc", saved["acdc"], pts[1]))
+    summary["pareto"]["curves"] = curves
+    summary["pareto"]["summary"] = [{"method": c["method"], "kind": c["kind"], "cpr": None, "cmd": None,
+                                     "edges_for": {}} for c in curves]
+    summary["circuits"] = [
+        {"method": name, "edges": c.n_edges, "nodes": len(c.nodes()), "f": p["f"], "f_ci": p["f_ci"], "kl": p["kl"],
+         "kl_ci": p["kl_ci"], "how": "smallest circuit on the curve with f >= 0.9 on the train split",
+         "label": p["label"], "json": f"circuits/{name}.json", "svg": f"circuits/{name}.svg",
+         "png": f"circuits/{name}.png", "top_edges": []}
+        for name, c, p in entries]
+    summary["headline"] = rankings[0]
+    make_run_folder(folder, summary)
+    for name, c in saved.items():
+        c.meta.update({"method": name, "label": next(p["label"] for n, _, p in entries if n == name)})
+        c.save(folder / "circuits" / f"{name}.json")
+    return folder
+
+
+def _decode_point(method: dict[str, Any], p: dict[str, Any], table: list[tuple[int, int]]) -> set[tuple[int, int]]:
+    """A point's circuit as the viewer decodes it (prefix of the order minus the dropped positions, or a list)."""
+    c = p["circuit"]
+    if "edges" in c:
+        return {table[i] for i in c["edges"]}
+    drop = set(c["drop"])
+    return {table[method["order"][j]] for j in range(c["n"]) if j not in drop}
+
+
+@pytest.mark.parametrize("n_kv_heads", [None, 2])
+def test_view_replays_every_curve_point_exactly(tmp_path: Path, n_kv_heads: int | None) -> None:
+    """Every ranking point decodes to the sweep's own circuit (same edges, same size); scores and chosen-circuit
+    membership are those of the circuit files; ACDC's saved circuit is drawn, its other points are not."""
+    from acdc.graph import Circuit, Graph
+    from acdc.pareto import size_grid
+    from acdc.selection import ordered_circuits
+
+    folder = make_view_run(tmp_path / "run", n_kv_heads=n_kv_heads)
+    view = _parse(write_report(folder)).view_data()
+    graph = Graph.from_config(2, 4, n_kv_heads)
+    table = list(zip(view["edges"]["src"], view["edges"]["dst"], strict=True))
+    assert table == sorted(set(table)) and all(graph.valid[s, d] for s, d in table)
+    assert view["graph"]["src"] == list(graph.src_names) and view["graph"]["dst"] == list(graph.dst_names)
+    summary = json.loads((folder / "summary.json").read_text())
+    for bit, m in enumerate(view["methods"]):
+        saved = Circuit.load(folder / "circuits" / f"{m['name']}.json", graph)
+        assert m["points"][m["chosen"]]["label"] == summary["circuits"][bit]["label"]
+        assert _decode_point(m, m["points"][m["chosen"]], table) == {tuple(e) for e in saved.mask.nonzero().tolist()}
+        member = {table[i] for i, bits in enumerate(view["edges"]["member"]) if bits >> bit & 1}
+        assert member == {tuple(e) for e in saved.mask.nonzero().tolist()}
+        if m["kind"] == "scores":
+            assert saved.scores is not None
+            sizes = size_grid(graph.n_edges)
+            for p, c in zip(m["points"], ordered_circuits(graph, saved.scores, sizes), strict=True):
+                assert p["circuit"] is not None, p["label"]
+                assert _decode_point(m, p, table) == {tuple(e) for e in c.mask.nonzero().tolist()}, p["label"]
+                assert len(_decode_point(m, p, table)) == p["edges"]
+            for i, (s, d) in enumerate(table):
+                assert m["scores"][i] == pytest.approx(float(saved.scores[s, d]), rel=1e-3, abs=1e-12)
+        else:
+            assert "scores" not in m and m["sense"] is None
+            assert [p["circuit"] is not None for p in m["points"]] == [False, True, False]
+    assert any("acdc: the run saved only its chosen circuit" in o for o in view["omitted"])
+    masks = {m["name"]: Circuit.load(folder / "circuits" / f"{m['name']}.json", graph).mask for m in view["methods"]}
+    for o in view["overlaps"]:
+        a, b = masks[o["a"]], masks[o["b"]]
+        shared, union = int((a & b).sum()), int((a | b).sum())
+        assert o["shared"] == shared and o["jaccard"] == pytest.approx(shared / union)
+    assert len(view["overlaps"]) == 3
+
+
+def test_view_layout_is_layers_as_rows(tmp_path: Path) -> None:
+    view = _parse(write_report(make_view_run(tmp_path / "run", n_kv_heads=2))).view_data()
+    nodes = {n["id"]: n for n in view["nodes"]}
+    for layer in range(2):
+        heads = [nodes[f"a{layer}.h{h}"] for h in range(4)]
+        assert len({h["y"] for h in heads}) == 1 and [h["x"] for h in heads] == sorted(h["x"] for h in heads)
+        mlp, kv = nodes[f"m{layer}"], [nodes[f"a{layer}.g{g}"] for g in range(2)]
+        assert mlp["x"] > max(h["x"] for h in heads)  # beside the heads
+        assert all(k["y"] > heads[0]["y"] for k in kv)  # shared k/v heads under their group (y grows downwards)
+        assert nodes[f"a{layer}"]["kind"] == "layer"  # the collapsed node
+    assert nodes["logits"]["y"] < nodes["a1.h0"]["y"] < nodes["a0.h0"]["y"] < nodes["input"]["y"]
+
+
+def test_view_limits_leave_out_big_circuits_and_say_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from acdc.export import view as view_module
+
+    monkeypatch.setattr(view_module, "ORDER_EDGES", 5)
+    monkeypatch.setattr(view_module, "MAX_CIRCUIT_EDGES", 25)
+    from acdc.graph import Circuit, Graph
+
+    graph = Graph.from_config(2, 4)
+    folder = make_view_run(tmp_path / "run")
+    page = _parse(write_report(folder))
+    view = page.view_data()
+    summary = json.loads((folder / "summary.json").read_text())
+    for m, entry in zip(view["methods"], summary["circuits"], strict=True):
+        drawn = [p for p in m["points"] if p["circuit"] is not None]
+        assert all(p["edges"] <= 25 for p in drawn)
+        if m["kind"] == "scores" and entry["edges"] <= 25:  # embedded up to its chosen circuit
+            assert max(p["edges"] for p in drawn) == entry["edges"]
+        # membership bits are exact whether or not the chosen circuit is embedded
+        chosen = Circuit.load(folder / entry["json"], graph)
+        bit = view["methods"].index(m)
+        table = list(zip(view["edges"]["src"], view["edges"]["dst"], strict=True))
+        assert [bool(b >> bit & 1) for b in view["edges"]["member"]] == [bool(chosen.mask[s, d]) for s, d in table]
+    assert any("not embedded" in o for o in view["omitted"])
+    assert "What this page holds" in page.all_text and "25 edges" in page.all_text
+
+
+def test_view_survives_unreadable_circuit_files(tmp_path: Path) -> None:
+    folder = make_view_run(tmp_path / "run")
+    (folder / "circuits" / "eap.json").write_text("{broken")
+    page = _parse(write_report(folder))
+    view = page.view_data()
+    assert view["methods"][0]["name"] == "eap" and all(p["circuit"] is None for p in view["methods"][0]["points"])
+    assert any("eap: its chosen circuit's file (circuits/eap.json) is missing or unreadable" in o
+               for o in view["omitted"])
+    assert view["methods"][1]["points"][view["methods"][1]["chosen"]]["circuit"] is not None

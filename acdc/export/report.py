@@ -1,7 +1,11 @@
 """The self-contained ``report.html`` of a run folder, built from its ``summary.json`` and images.
 
-The page needs nothing but itself: styles are inlined, images are ``data:`` URIs and there is no script, so it opens
-from disk, from a mail attachment or from an archive years later. Every string taken from the JSON is escaped.
+The page needs nothing but itself: styles are inlined, images are ``data:`` URIs, and the interactive circuit view
+(acdc/export/view.py builds its data, ``assets/viewer.js`` draws it) is one inlined script reading one inlined JSON
+block, so it opens from disk, from a mail attachment or from an archive years later, and asks the network for
+nothing. Every string taken from the JSON is escaped: as HTML in the static sections, and inside the JSON block
+(``<``, ``>`` and ``&`` as ``\\u`` escapes, so no string can close the script element); the script puts strings into the
+page as text only. ``acdc explore`` serves the same page with ``live=True``.
 """
 
 from __future__ import annotations
@@ -16,8 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from acdc.errors import InputError
+from acdc.export.view import view_data
 from acdc.io import atomic_write_text
 from acdc.summary import RUN_FORMAT as SUMMARY_FORMAT
+
+_ASSETS = Path(__file__).parent / "assets"
 
 NA = "not available"
 DEFAULT_THRESHOLDS = ("0.8", "0.9", "0.99")
@@ -58,15 +65,21 @@ def load_summary(folder: Path) -> dict[str, Any]:
     return summary
 
 
-def render_report(summary: dict[str, Any], folder: Path) -> str:
-    """The report page as a string; ``folder`` is where the image paths named in ``summary`` are resolved."""
+def render_report(summary: dict[str, Any], folder: Path, *, live: bool = False,
+                  view: dict[str, Any] | None = None) -> str:
+    """The report page as a string; ``folder`` is where the image paths and circuit files named in ``summary`` are
+    resolved. ``live``: the page of ``acdc explore``, whose view edits circuits and asks its server to evaluate
+    them. ``view``: the view's data when the caller has built it already (:func:`acdc.export.view.view_data`)."""
     pareto = _dict(summary.get("pareto"))
     circuits = [c for c in _list(summary.get("circuits")) if isinstance(c, dict)]
     headline = summary.get("headline")
     circuits.sort(key=lambda c: c.get("method") != headline)  # stable: headline first, others in given order
     task = summary.get("task", "?")
+    if view is None:
+        view = view_data(summary, folder)
     sections = [
         ("pareto", "Pareto plot", _pareto_section(summary, pareto, folder)),
+        ("explore", "Explore the circuits", _explore_section(view, live)),
         ("methods", "Methods", _methods_section(summary, pareto)),
         ("frontier", "Frontier", _frontier_section(pareto)),
         ("circuits", "Circuits", _circuits_section(circuits, headline, summary, folder)),
@@ -81,11 +94,11 @@ def render_report(summary: dict[str, Any], folder: Path) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         '<link rel="icon" href="data:,">'  # stops the browser asking the disk for favicon.ico
         f"<title>acdc report: {_e(task)} on {_e(summary.get('model', '?'))}</title>"
-        f"<style>{_CSS}</style></head><body><main>"
+        f"<style>{_CSS}{_asset('viewer.css')}</style></head><body><main>"
         f"{_header(summary, pareto, circuits)}<nav>{nav}</nav>{body}"
         f"<footer>Written by acdc{' ' + _e(version) if version else ''} from <code>summary.json</code>. "
         "This page is self-contained: it loads nothing from the network or from disk.</footer>"
-        "</main></body></html>\n"
+        f"</main>{_viewer_script() if view is not None else ''}</body></html>\n"
     )
 
 
@@ -146,6 +159,67 @@ def _pareto_section(summary: dict[str, Any], pareto: dict[str, Any], folder: Pat
         f"{_num(pareto.get('n_edges_total'))}) for each method on the "
         f"{_e(pareto.get('split', 'test'))} split.</figcaption></figure>"
     )
+
+
+def _explore_section(view: dict[str, Any] | None, live: bool) -> str:
+    if view is None:
+        return _na("Interactive view", "summary.json does not describe the model's graph")
+    intro = (
+        '<p class="caption">The circuit at any point of a method\'s curve: move its slider (each point shows its exact '
+        "f and 95% interval from the sweep). Layers are rows from the input (bottom) to the logits (top); a layer's "
+        "heads sit side by side with its MLP to the right. Hover or click a node for its incoming and outgoing edges "
+        "with their scores; click an edge for its score under every method and which chosen circuits contain it. "
+        "Drag to pan, scroll to zoom, click a layer's label to collapse its heads into one node."
+        + (" <b>Live</b>: “Edit (live)” edits the circuit and evaluates it exactly on the run's test prompts."
+           if live else " <code>acdc explore RUN_DIR</code> serves this view with the model loaded, to edit circuits "
+           "and evaluate them exactly.")
+        + "</p>"
+    )
+    parts = [
+        intro,
+        f'<div id="acdc-view" class="view" data-live="{1 if live else 0}"><p class="na">This view needs '
+        "JavaScript; the sections below show the same run without it.</p></div>",
+        f'<script type="application/json" id="acdc-view-data">{_script_json(view)}</script>',
+    ]
+    rows = [[_e(o["a"]), _e(o["b"]), _num(o["edges_a"]), _num(o["edges_b"]), _num(o["shared"]), _num(o["jaccard"])]
+            for o in _list(view.get("overlaps"))]
+    parts.append("<h3>Agreement of the chosen circuits</h3>")
+    if rows:
+        parts.append(_table(["Method A", "Method B", "Edges A", "Edges B", "Shared", "Jaccard"], rows,
+                            numeric={2, 3, 4, 5}, cls="narrow overlaps"))
+        parts.append('<p class="caption">Shared: edges in both chosen circuits; Jaccard: shared over the edges in '
+                     "either. The view's “Agreement” button draws the union, coloured by how many methods include "
+                     "each edge.</p>")
+    else:
+        parts.append(_na("Pairwise overlaps", "fewer than two chosen circuits could be read"))
+    omitted = [str(o) for o in _list(view.get("omitted"))]
+    n_table = len(_list(_dict(view.get("edges")).get("src")))
+    limits = _dict(view.get("limits"))
+    parts.append(
+        f'<div class="notes left-out"><b>What this page holds</b>: {_num(n_table)} of the graph\'s '
+        f"{_num(view.get('n_edges_total'))} edges (those of the embedded circuits); each ranking up to its chosen "
+        f"circuit or {_num(limits.get('order_edges'))} edges, whichever is larger; no circuit of more than "
+        f"{_num(limits.get('max_circuit_edges'))} edges."
+        + (f"<ul>{''.join(f'<li>{_e(o)}</li>' for o in omitted)}</ul>" if omitted else " Nothing else was left out.")
+        + "</div>"
+    )
+    return "".join(parts)
+
+
+def _script_json(obj: Any) -> str:
+    """JSON for a ``<script type="application/json">`` block: ``<``, ``>`` and ``&`` escaped so that no string in it
+    can end the element or open a comment."""
+    text = json.dumps(obj, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    return (text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+
+
+def _asset(name: str) -> str:
+    return (_ASSETS / name).read_text(encoding="utf-8")
+
+
+def _viewer_script() -> str:
+    return f"<script>{_asset('viewer.js')}</script>"
 
 
 def _methods_section(summary: dict[str, Any], pareto: dict[str, Any]) -> str:
