@@ -44,6 +44,7 @@ def main(verbose: bool) -> None:
       acdc discover ioi --method hybrid
       acdc tasks list
       acdc zoo list
+      acdc explore outputs/ioi/<run-id>   # the run's circuits, live
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
 
@@ -684,6 +685,45 @@ def report(run_dir: str) -> None:
     from acdc.export.report import write_report
 
     click.echo(f"wrote {write_report(run_dir)}")
+
+
+@main.command("explore")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; anything but a loopback address lets other machines edit and save circuits.")
+@click.option("--port", default=0, type=click.IntRange(0, 65535), show_default=True, help="Port (0: a free one).")
+@click.option("--max-memory", default=None, metavar="SIZE",
+              help="Memory budget of one evaluation, e.g. 4GiB; evaluations that need more are refused "
+                   "[80% of the memory available at start].")
+@click.option("--device-map", default=None, metavar="MAP", help="Hugging Face placement passed to the bridge.")
+def explore(run_dir: str, host: str, port: int, max_memory: str | None, device_map: str | None) -> None:
+    """Serve RUN_DIR's interactive circuit view with its model loaded: edit a circuit (edges, whole nodes) and see
+    its exact f, KL and top predictions on the run's test prompts; save edits as circuits/edited/NAME.json.
+
+    \b
+    Examples:
+      acdc explore outputs/ioi/20261121-050000-run
+      acdc explore outputs/ioi/20261121-050000-run --port 8765 --max-memory 4GiB
+    """
+    from acdc.export.explore import Explorer, is_loopback, serve
+
+    ex = Explorer.open(run_dir, max_memory=max_memory, device_map=parse_device_map(device_map))
+    server = serve(ex, host, port)
+    info = ex.info()
+    click.echo(f"explore: {info['task']} on {info['model']}, {info['n_prompts']} test prompts; {info['memory']}")
+    for note in info["notes"]:
+        click.echo(f"note: {note}")
+    if not is_loopback(host):
+        click.echo(f"warning: listening on {host}, not a loopback address: anyone who can reach this machine can "
+                   f"evaluate circuits and write files under {run_dir}/circuits/edited", err=True)
+    shown = f"[{server.host}]" if ":" in server.host else server.host
+    click.echo(f"serving http://{shown}:{server.port}/ (Ctrl-C stops)", err=False)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        click.echo("stopped")
+    finally:
+        server.server_close()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,5 +5,6 @@
 - report.py: the self-contained ``report.html`` of a run folder.
 - view.py: the data of the report's interactive circuit view (compact, bounded for real-size graphs).
 - assets/: the view's script and styles, inlined into the report (hand-written, no libraries).
+- explore.py: ``acdc explore``, the view served with the model loaded (Flask), circuits edited and evaluated exactly.
 - mib.py: scores and circuits in the file layout of the MIB circuit-localisation track.
 """
