@@ -496,6 +496,7 @@
     S.selected = null;
     draw();
     if (LIVE) renderLive();
+    if (mode === "edit") evaluate();
   }
   function toggleLayer(L) { S.collapsed[L] = !S.collapsed[L]; S.selected = null; draw(); }
   function setAllCollapsed(v) { for (var L = 0; L < G.n_layers; L++) S.collapsed[L] = v; S.selected = null; draw(); }
