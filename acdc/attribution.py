@@ -190,9 +190,10 @@ def _grad_scores(
             saved.append((qkv, xhat, rstd))
             q, k, v = qkv.split([H * dh, G * dh, G * dh], dim=-1)
             q, k, v = (t.reshape(B, P, -1, dh).permute(2, 0, 1, 3) for t in (q, k, v))
-            z = arch.attention(q, k, v)
+            z = arch.attention(q, k, v, layer)
             w0 = graph.head_writer(layer, 0)
-            heads = out(1 + 2 * layer, w0, torch.bmm(z.reshape(H, B * P, dh), arch.W_O[layer]).view(H, B, P, d))
+            heads = out(1 + 2 * layer, w0, arch.head_outputs(
+                layer, torch.bmm(z.reshape(H, B * P, dh), arch.W_O[layer]).view(H, B, P, d)))
             resid = resid + heads.sum(0) + arch.b_O[layer]
             m_in = resid.view_as(resid)
             m_in.retain_grad()

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from acdc.arch import Arch, rotate_half
+from acdc.arch import Arch
 from acdc.graph import Graph
 from acdc.patching import AblationCache
 from acdc.types import TaskData
@@ -125,9 +125,9 @@ class Incremental:
         self.kv = torch.zeros(L, 2 * G, B, Pm, dh, dtype=arch.dtype, device=dev)  # k of each group, then v
         x0 = arch.embed(clean.to(dev)[:, :Pm])
         self.delta[0] = x0 - self.abl[0]
-        if arch.rotary is not None:
-            cos, sin = arch.rope(Pm)
-            self.cos, self.sin = cos, sin
+        # cos and sin of every position, per layer (layer types may rotate with their own base)
+        self.rot = [arch.rope(Pm, layer) for layer in range(L)] if arch.rotary is not None else None
+        self.post_norm = arch.attn_post is not None  # a head's output depends on every head of its layer
         self.mask = graph.valid.clone()
         self.mask_np = self.mask.numpy()
         self.need_all = [True] * graph.n_src
@@ -170,6 +170,8 @@ class Incremental:
             r_live[r], r_need[r] = live[w], need[w]
             ws = slice(g.head_writer(layer, 0), g.head_writer(layer, 0) + H)
             live[ws], need[ws] = (m[ws] & r_live).any(1), (m[ws] & r_need).any(1)
+            if self.post_norm:  # every head's output is normalised by the layer's sum: all or none are computed
+                live[ws], need[ws] = live[ws].any(), need[ws].any()
             rs = g.attn_readers(layer).start
             r_live[rs : rs + H], r_need[rs : rs + H] = live[ws], need[ws]
             grp = live[ws].reshape(G, rep).any(1)  # a key/value head is live when one of its query heads is
@@ -246,24 +248,34 @@ class Incremental:
                         and any(h // rep == i % G for h in live_heads)]
             for i in dirty_kv:
                 x = self._input(rs.start + H + i, self.base_attn[layer], self.ALL, coef, changed)
-                y = self._project(layer, H + i, x, self.ALL, rotate=i < G)
+                y = self._project(layer, H + i, x, self.ALL)
                 new_kv[(layer, i)] = y
             heads = sorted((set(dirty_q) | {h for h in range(H) for i in dirty_kv if h // rep == i % G})
                            & set(live_heads))
+            if self.post_norm and heads:
+                heads = live_heads  # the layer's norm changes with any head: every head's share is recomputed
+            raw: list[torch.Tensor] = []
             for h in heads:
                 w = g.head_writer(layer, h)
                 pos = pos_of(w)
                 if h in dirty_q:
                     x = self._input(rs.start + h, self.base_attn[layer], pos, coef, changed)
-                    q = self._project(layer, h, x, pos, rotate=True)
+                    q = self._project(layer, h, x, pos)
                     new_q[(layer, h)] = (q, pos)
                 else:
                     q = pos.take(self.q[layer, h]).unsqueeze(0)
                 grp = h // rep
                 k = new_kv.get((layer, grp), self.kv[layer, grp].unsqueeze(0))
                 v = new_kv.get((layer, G + grp), self.kv[layer, G + grp].unsqueeze(0))
-                out = self._attend(layer, h, q, k, v, pos)
-                record(w, out - pos.take(self.abl[w]), pos)
+                raw.append(self._attend(layer, h, q, k, v, pos))
+            if heads:
+                # (with a post-attention norm every head of the layer is at the same positions; without one, heads
+                # may be computed at different positions and their outputs are their own)
+                outs = arch.head_outputs(layer, torch.stack(torch.broadcast_tensors(*raw))) if self.post_norm else raw
+                for h, out in zip(heads, outs, strict=True):
+                    w = g.head_writer(layer, h)
+                    pos = pos_of(w)
+                    record(w, out - pos.take(self.abl[w]), pos)
             r = g.mlp_reader(layer)
             w = g.mlp_writer(layer)
             if self.live[w] and dirty(r):
@@ -324,27 +336,29 @@ class Incremental:
         self._new_inputs[r] = (out, pos)
         return out
 
-    def _project(self, layer: int, i: int, x: torch.Tensor, pos: _Pos, *, rotate: bool) -> torch.Tensor:
-        """Reader ``i`` (q of a head, k or v of a group) of ``layer``: normalise, project, rotate."""
+    def _project(self, layer: int, i: int, x: torch.Tensor, pos: _Pos) -> torch.Tensor:
+        """Reader ``i`` (q of a head, k or v of a group) of ``layer``: normalise, project, and for q and k the
+        per-head norm and rotation (:meth:`Arch.finish_q`)."""
         arch = self.arch
         y = arch.ln1[layer](x) @ arch.W_read[layer, i] + arch.b_read[layer, i]
         self.flops += 2.0 * x[..., 0].numel() * arch.d_model * arch.d_head
-        if rotate and arch.rotary is not None:
-            cos, sin = (self.cos, self.sin) if pos.index is None else (self.cos[pos.index], self.sin[pos.index])
-            y = y * cos + rotate_half(y) * sin
-        return y
+        if i >= arch.n_heads + arch.n_kv_heads:  # a value
+            return y
+        cos = sin = None
+        if self.rot is not None:
+            cos, sin = self.rot[layer]
+            if pos.index is not None:
+                cos, sin = cos[pos.index], sin[pos.index]
+        return arch.finish_q(layer, y, cos, sin) if i < arch.n_heads else arch.finish_k(layer, y, cos, sin)
 
     def _attend(self, layer: int, h: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 pos: _Pos) -> torch.Tensor:
-        """Head ``h``'s output ``[K, B, n, d]`` for queries at ``pos`` over every key up to the last position."""
+        """Head ``h``'s own output ``z W_O`` ``[K, B, n, d]`` for queries at ``pos`` over every key up to the last
+        position (before :meth:`Arch.head_outputs`)."""
         arch = self.arch
         scores = q @ k.transpose(-1, -2)  # [K, B, n, P]
-        keys = torch.arange(self.P, device=q.device)
-        if pos.index is None:
-            future = keys.view(1, -1) > keys.view(-1, 1)
-        else:
-            future = keys.view(1, 1, -1) > pos.index.unsqueeze(-1)  # [B, n, P]
-        scores = scores.masked_fill(future, torch.finfo(scores.dtype).min)
+        q_pos = torch.arange(self.P, device=q.device) if pos.index is None else pos.index  # [P] or [B, n]
+        scores = scores.masked_fill(arch.hidden(layer, q_pos, self.P), torch.finfo(scores.dtype).min)
         z = scores.softmax(-1) @ v
         self.flops += 4.0 * z[..., 0].numel() * self.P * arch.d_head  # scores and weighted values
         self.flops += 2.0 * z[..., 0].numel() * arch.d_head * arch.d_model

@@ -310,3 +310,36 @@ def random_llama(*, dtype: torch.dtype = torch.float32, **shape: Any) -> Any:
 def random_qwen2(*, dtype: torch.dtype = torch.float32, **shape: Any) -> Any:
     """Like :func:`random_llama`, a Qwen2-architecture bridge (q/k/v projections with biases)."""
     return random_llama(dtype=dtype, **{**shape, "family": "qwen2"})
+
+
+def random_gemma3_hf(*, n_layer: int = 3, n_head: int = 4, n_kv_head: int = 2, d_model: int = 32, d_head: int = 8,
+                     d_mlp: int = 64, vocab: int = 64, n_ctx: int = 64, window: int = 3,
+                     layer_types: list[str] | None = None, seed: int = 0, init_std: float = 0.02,
+                     norm_std: float = 0.0) -> Any:
+    """A randomly initialised Hugging Face ``Gemma3ForCausalLM`` (text only), eval mode, deterministic in ``seed``.
+    Layers alternate sliding-window (``window``) and global attention unless ``layer_types`` says otherwise;
+    ``norm_std > 0`` draws the norm weights (which Gemma uses as ``1 + w``, initialised to 0) from N(0, norm_std)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    types = layer_types or ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layer)]
+    cfg = Gemma3TextConfig(
+        vocab_size=vocab, hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layer,
+        num_attention_heads=n_head, num_key_value_heads=n_kv_head, head_dim=d_head, max_position_embeddings=n_ctx,
+        sliding_window=window, layer_types=types, rms_norm_eps=1e-6, initializer_range=init_std,
+        query_pre_attn_scalar=d_head, bos_token_id=0, eos_token_id=0, pad_token_id=None, attention_dropout=0.0,
+        tie_word_embeddings=True,
+    )
+    cfg.architectures = ["Gemma3ForCausalLM"]
+    hf = _seeded_init(Gemma3ForCausalLM, cfg, seed)
+    if norm_std > 0:
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, p in hf.named_parameters():
+                if "norm" in name:
+                    p.copy_(norm_std * torch.randn(p.shape, generator=gen))
+    return hf
+
+
+def random_gemma3(*, dtype: torch.dtype = torch.float32, **shape: Any) -> Any:
+    """A randomly initialised Gemma 3 bridge, built locally; ``shape`` as for :func:`random_gemma3_hf`."""
+    return _random_bridge(random_gemma3_hf(**shape), "gemma3", dtype)

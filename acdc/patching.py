@@ -125,9 +125,9 @@ def plain_forward(arch: Arch, tokens: torch.Tensor, *, logits: bool = True) -> t
         qkv = arch.ln1[layer](resid) @ arch.W_Q_fused[layer] + arch.b_Q_fused[layer]  # [B, P, (H+2G)*dh]
         q, k, v = qkv.split([H * dh, G * dh, G * dh], dim=-1)
         q, k, v = (t.view(B, P, -1, dh).permute(2, 0, 1, 3) for t in (q, k, v))  # [heads, B, P, dh]
-        z = arch.attention(q, k, v)
+        z = arch.attention(q, k, v, layer)
         w0 = 1 + layer * (H + 1)
-        heads = torch.matmul(z.reshape(H, B * P, dh), arch.W_O[layer]).view(H, B, P, -1)
+        heads = arch.head_outputs(layer, torch.matmul(z.reshape(H, B * P, dh), arch.W_O[layer]).view(H, B, P, -1))
         writers[w0 : w0 + H] = heads
         resid = resid + heads.sum(0) + arch.b_O[layer]
         base_mlp[layer] = resid
@@ -355,8 +355,8 @@ def masked_forward_unchecked(
         else:
             qkv = _shared_qkv(arch, layer, blk, base, total, store.buf[:n_up])
         q, k, v = qkv.view(-1, N, P, dh).split([H, G, G])
-        z = arch.attention(q, k, v)
-        write(graph.head_writer(layer, 0), torch.bmm(z.view(H, N * P, dh), arch.W_O[layer]))
+        z = arch.attention(q, k, v, layer)
+        write(graph.head_writer(layer, 0), arch.head_outputs(layer, torch.bmm(z.view(H, N * P, dh), arch.W_O[layer])))
         n_up = graph.n_upstream_mlp(layer)
         r = graph.mlp_reader(layer)
         x = _single_input(m[:, :n_up, r], cache.base_mlp[layer], total, store.buf[:n_up], inputs)

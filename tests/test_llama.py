@@ -14,6 +14,7 @@ from acdc.attribution import attribute
 from acdc.errors import UnsupportedArchitecture
 from acdc.metrics import answer_logprob, task_metric
 from acdc.types import TaskData
+from tests.reference import reference_gqa
 
 FAMILIES = ["llama", "qwen2"]
 SHAPE = dict(n_layer=2, n_head=4, n_kv_head=2, d_model=32, d_mlp=64, vocab=64, n_ctx=64)
@@ -51,60 +52,6 @@ def model64(request):
 def _tokens(b: int, p: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, SHAPE["vocab"], (b, p), generator=g), torch.randint(0, SHAPE["vocab"], (b, p), generator=g)
-
-
-# ---- an edge-by-edge reference on the bridge's hooks, with shared key/value readers -----------------------------
-def reference_gqa(model, graph: Graph, clean, corrupt, mask: torch.Tensor) -> torch.Tensor:
-    """Logits of ``clean`` with the edges outside ``mask`` patched from ``corrupt``, computed by the bridge itself.
-
-    Writers are read at ``hook_resid_pre`` of block 0, ``attn.hook_result`` and ``hook_mlp_out``; at every reader hook
-    (``attn.hook_q_input`` per query head, ``attn.hook_k_input``/``hook_v_input`` per key/value head, ``hook_mlp_in``,
-    ``ln_final.hook_in``) ``(1 - m) * (a_u - ã_u)`` is subtracted edge by edge. Shares nothing with acdc.arch.
-    """
-    H, G = graph.n_heads, graph.n_kv_heads
-    writers: list[tuple[str, int, int | None]] = [("blocks.0.hook_resid_pre", 0, None)]
-    for layer in range(graph.n_layers):
-        writers += [(f"blocks.{layer}.attn.hook_result", graph.head_writer(layer, h), h) for h in range(H)]
-        writers.append((f"blocks.{layer}.hook_mlp_out", graph.mlp_writer(layer), None))
-    _, cache = model.run_with_cache(corrupt)
-    corr = {w: (cache[n][:, :, h] if h is not None else cache[n]) for n, w, h in writers}
-    live: dict[int, torch.Tensor] = {}
-
-    def capture(w: int, h: int | None):
-        def hook(t, hook):
-            live[w] = (t[:, :, h] if h is not None else t).clone()
-            return t
-
-        return hook
-
-    def patched(t: torch.Tensor, reader: int) -> torch.Tensor:
-        for u in range(graph.n_src):
-            if graph.valid[u, reader] and float(mask[u, reader]) != 1.0:
-                t = t - (1.0 - float(mask[u, reader])) * (live[u] - corr[u])
-        return t
-
-    def single(reader: int):
-        return lambda t, hook: patched(t, reader)
-
-    def per_head(first: int, n: int):
-        def hook(t, hook):
-            assert t.shape[2] == n  # the bridge hands one input per query head (q) or per key/value head (k, v)
-            t = t.clone()
-            for i in range(n):
-                t[:, :, i] = patched(t[:, :, i], first + i)
-            return t
-
-        return hook
-
-    hooks = [(n, capture(w, h)) for n, w, h in writers]
-    for layer in range(graph.n_layers):
-        r0 = graph.attn_readers(layer).start
-        hooks += [(f"blocks.{layer}.attn.hook_q_input", per_head(r0, H)),
-                  (f"blocks.{layer}.attn.hook_k_input", per_head(r0 + H, G)),
-                  (f"blocks.{layer}.attn.hook_v_input", per_head(r0 + H + G, G)),
-                  (f"blocks.{layer}.hook_mlp_in", single(graph.mlp_reader(layer)))]
-    hooks.append(("ln_final.hook_in", single(graph.logits_index)))
-    return model.run_with_hooks(clean, fwd_hooks=hooks)
 
 
 # ---- graph ----------------------------------------------------------------------------------------------------------

@@ -148,7 +148,17 @@ class Arch:
     rms: bool = False  # the norms are RMSNorm (beta = 0, no mean subtraction), not LayerNorm
     gated: bool = False  # gated MLP down(act(gate x) * up x); W_in/b_in then hold gate columns, then up columns
     rotary: Any = None  # the Hugging Face rotary embedding module (q and k are rotated by position), or None
-    _rope: dict[tuple[int, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = field(
+    # ---- post-normed families (Gemma 2/3); the defaults are the plain pre-norm transformer -------------------------
+    rope_types: list[str] | None = None  # per layer: the rotary module's layer type (its own base per type)
+    windows: list[int | None] | None = None  # per layer: sliding-window length (keys with q - k < w), or None
+    q_norm: list[Norm] | None = None  # per layer: RMSNorm of each head's query over d_head, before rotation
+    k_norm: list[Norm] | None = None
+    q_scale: float = 1.0  # the attention scale, applied after q_norm (without q_norm it is folded into W_Q)
+    attn_post: list[tuple[torch.Tensor, float]] | None = None  # per layer: (gamma, eps) of the norm after attention
+    mlp_post: list[Norm] | None = None  # per layer: the norm after the MLP (part of the MLP writer)
+    embed_scale: float = 1.0  # the token embedding is multiplied by this (Gemma: sqrt(d_model))
+    final_softcap: float | None = None  # logits -> c * tanh(logits / c)
+    _rope: dict[tuple[int, torch.dtype, str | None], tuple[torch.Tensor, torch.Tensor]] = field(
         default_factory=dict, init=False, repr=False
     )
 
@@ -166,6 +176,8 @@ class Arch:
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token ids ``[B, P]`` -> the ``input`` writer's output ``[B, P, d]``."""
         x = F.embedding(tokens, self.W_E)
+        if self.embed_scale != 1.0:
+            x = x * torch.tensor(self.embed_scale, dtype=self.W_E.dtype)
         if self.W_pos is not None:
             x = x + self.W_pos[: tokens.shape[-1]]
         return x
@@ -178,11 +190,34 @@ class Arch:
             h = self.act(gate) * up
         else:
             h = self.act(h)
-        return torch.addmm(self.b_out[layer], h, self.W_out[layer]).view(*x.shape[:-1], self.d_model)
+        out = torch.addmm(self.b_out[layer], h, self.W_out[layer]).view(*x.shape[:-1], self.d_model)
+        return self.mlp_post[layer](out) if self.mlp_post is not None else out
+
+    def head_outputs(self, layer: int, heads: torch.Tensor) -> torch.Tensor:
+        """The head writers' outputs ``[H, ..., d]`` from the heads' own ``z W_O`` (same shape).
+
+        Without a norm after attention they are the same tensor. With one (Gemma), the residual stream receives
+        ``gamma * sum_h o_h / rms(sum_h o_h)``: each head's output is its share ``gamma * o_h / rms(sum_h o_h)``,
+        normalised by the sum of every head of the layer in the same run. So all heads of a run sum exactly to what
+        the model adds, and a head patched from the counterfactual carries its share under the counterfactual's
+        normalisation (see the README, "post-normed attention").
+        """
+        if self.attn_post is None:
+            return heads
+        gamma, eps = self.attn_post[layer]
+        total = heads.sum(0)
+        if total.dtype in (torch.float16, torch.bfloat16):
+            rstd = torch.rsqrt(total.float().square().mean(-1, keepdim=True) + eps).to(total.dtype)
+        else:
+            rstd = torch.rsqrt(total.square().mean(-1, keepdim=True) + eps)
+        return heads * (rstd * gamma)
 
     def unembed(self, x: torch.Tensor) -> torch.Tensor:
         out = x @ self.W_U
-        return out + self.b_U if self.b_U is not None else out
+        out = out + self.b_U if self.b_U is not None else out
+        if self.final_softcap is not None:
+            out = torch.tanh(out / self.final_softcap) * self.final_softcap
+        return out
 
     @property
     def device(self) -> torch.device:
@@ -192,34 +227,59 @@ class Arch:
     def dtype(self) -> torch.dtype:
         return self.W_Q.dtype
 
-    def rope(self, p: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin ``[P, dh]`` of positions ``0..p-1``, from the model's own rotary module (so any rope scaling
-        it implements is used exactly as in Hugging Face)."""
-        key = (p, self.dtype)
+    def rope(self, p: int, layer: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin ``[P, dh]`` of positions ``0..p-1`` for ``layer``, from the model's own rotary module (so any
+        rope scaling it implements, and a base per layer type, is used exactly as in Hugging Face)."""
+        kind = self.rope_types[layer] if self.rope_types is not None else None
+        key = (p, self.dtype, kind)
         if key not in self._rope:
             like = torch.empty(1, p, self.d_model, dtype=self.dtype, device=self.device)
             pos = torch.arange(p, device=self.device).unsqueeze(0)
             with torch.no_grad():
-                cos, sin = self.rotary(like, pos)
+                cos, sin = self.rotary(like, pos) if kind is None else self.rotary(like, pos, kind)
             self._rope[key] = (cos[0].to(self.dtype), sin[0].to(self.dtype))
         return self._rope[key]
 
-    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Causal softmax attention, head-major: q ``[H, N, P, dh]``, k/v ``[G, N, P, dh]`` -> z ``[H, N, P, dh]``.
+    def finish_q(self, layer: int, q: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None
+                 ) -> torch.Tensor:
+        """A query after its projection: per-head norm and scale (Gemma), then rotation by ``cos``/``sin``
+        (broadcast over ``q [..., P, dh]``; None without rotary embeddings)."""
+        if self.q_norm is not None:
+            q = self.q_norm[layer](q) * self.q_scale
+        return q * cos + rotate_half(q) * sin if cos is not None and sin is not None else q
 
-        With rotary embeddings, q and k are rotated here (after the projection, per head). With grouped-query
+    def finish_k(self, layer: int, k: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None
+                 ) -> torch.Tensor:
+        """A key after its projection: per-head norm (Gemma), then rotation."""
+        if self.k_norm is not None:
+            k = self.k_norm[layer](k)
+        return k * cos + rotate_half(k) * sin if cos is not None and sin is not None else k
+
+    def hidden(self, layer: int, q_pos: torch.Tensor, p: int) -> torch.Tensor:
+        """Which keys ``0..p-1`` the queries at positions ``q_pos`` (any shape) may not see: later ones, and with a
+        sliding window of length w those with ``q - k >= w``. Bool ``[*q_pos.shape, p]``."""
+        keys = torch.arange(p, device=q_pos.device)
+        gap = q_pos.unsqueeze(-1) - keys
+        out = gap < 0
+        w = self.windows[layer] if self.windows is not None else None
+        return out | (gap >= w) if w is not None else out
+
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int = 0) -> torch.Tensor:
+        """Causal softmax attention of ``layer``, head-major: q ``[H, N, P, dh]``, k/v ``[G, N, P, dh]`` (as
+        projected) -> z ``[H, N, P, dh]``.
+
+        q and k are finished here (:meth:`finish_q`, :meth:`finish_k`: per-head norms, rotation). With grouped-query
         attention, query heads ``h`` with ``h // (H / G) = g`` attend with key/value head ``g``.
         """
-        if self.rotary is not None:
-            cos, sin = self.rope(q.shape[-2])
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
+        p = q.shape[-2]
+        cos, sin = self.rope(p, layer) if self.rotary is not None else (None, None)
+        q = self.finish_q(layer, q, cos, sin)
+        k = self.finish_k(layer, k, cos, sin)
         if self.n_kv_heads != self.n_heads:
             rep = self.n_heads // self.n_kv_heads
             k = k.repeat_interleave(rep, dim=0)
             v = v.repeat_interleave(rep, dim=0)
-        p = q.shape[-2]
-        scores = torch.matmul(q, k.transpose(-1, -2))  # W_Q and b_Q carry the 1/sqrt(d_head) scale
-        causal = torch.ones(p, p, dtype=torch.bool, device=q.device).triu(1)
-        scores = scores.masked_fill_(causal, torch.finfo(scores.dtype).min)
+        scores = torch.matmul(q, k.transpose(-1, -2))  # W_Q and b_Q (or q_scale) carry the attention scale
+        hidden = self.hidden(layer, torch.arange(p, device=q.device), p)
+        scores = scores.masked_fill_(hidden, torch.finfo(scores.dtype).min)
         return torch.matmul(scores.softmax(-1), v)

@@ -16,6 +16,7 @@ Builder = Callable[[Any, str], Arch]
 
 FAMILIES: dict[str, str] = {
     "GPT2LMHeadModel": "gpt2",
+    "Gemma3ForCausalLM": "gemma3",
     "LlamaForCausalLM": "llama",
     "Qwen2ForCausalLM": "llama",
 }
