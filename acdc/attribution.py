@@ -45,6 +45,7 @@ from torch.nn import functional as F
 from acdc.arch import Arch, get_arch
 from acdc.errors import InputError
 from acdc.graph import Graph
+from acdc.incremental import metric_positions
 from acdc.io import atomic_write_bytes, atomic_write_text
 from acdc.metrics import task_metric
 from acdc.patching import (
@@ -145,9 +146,12 @@ def _grad_scores(
     delta: torch.Tensor | None = None,
     override: tuple[int, torch.Tensor] | None = None,
     keep: list[torch.Tensor] | None = None,
+    at: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``Σ_{b,p} δ_u · ∂M/∂in_v`` for every edge, from one forward (from input embeddings ``x0 [B, P, d]``) and one
-    backward.
+    backward. With ``at [B, n]``, only those positions of each prompt are unembedded and ``metric`` takes logits
+    ``[B, n, V]`` (the metric reads nothing else, so the scores are the same, and the unembedding of a large
+    vocabulary at every position, with its backward, is saved).
 
     ``δ = delta`` if given (``[S, B, P, d]``), else ``abl - a`` with ``a`` the writer outputs of this very pass (EAP).
     ``override = (group, values)`` replaces the outputs of writer group ``group`` (0 = input, 1 + 2l = heads of layer
@@ -202,7 +206,8 @@ def _grad_scores(
             resid = resid + mlp[0]
         f_in = resid.view_as(resid)
         f_in.retain_grad()
-        logits = arch.unembed(arch.ln_final(f_in))
+        f_at = f_in if at is None else f_in.gather(1, at.unsqueeze(-1).expand(*at.shape, d))
+        logits = arch.unembed(arch.ln_final(f_at))
         value = metric(logits)
         value.backward()
 
@@ -330,7 +335,17 @@ def attribute(
         elif method == "mask-ig":
             part = _mask_ig(model, graph, sub, cache, metric, steps, bar)
         else:
-            part = _gradient_method(arch, graph, method, sub, cache, metric, steps, bar)
+            # the gradient passes unembed the metric positions only
+            mp = metric_positions(sub)
+            at = mp.index.to(arch.device)
+            ref_at = None if ref_logits is None else ref_logits.gather(
+                1, at.unsqueeze(-1).expand(*at.shape, ref_logits.shape[-1]))
+
+            def metric_at(logits: torch.Tensor, sub: TaskData = mp.data, ref: torch.Tensor | None = ref_at
+                          ) -> torch.Tensor:
+                return task_metric(sub, logits, ref).mean()
+
+            part = _gradient_method(arch, graph, method, sub, cache, metric_at, steps, bar, at)
         total += part.cpu() * ((hi - lo) / n)
     bar.close()
     if level == "node" and method != "exact":
@@ -363,8 +378,9 @@ def attribution_cost(method: str, steps: int, graph: Graph, *, level: Level = "e
 
 def _gradient_method(
     arch: Arch, graph: Graph, method: str, sub: TaskData, cache: AblationCache,
-    metric: Callable[[torch.Tensor], torch.Tensor], steps: int, bar: Any,
+    metric: Callable[[torch.Tensor], torch.Tensor], steps: int, bar: Any, at: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """Scores of a gradient method on one batch; ``metric`` reads logits at ``at`` (see :func:`_grad_scores`)."""
     abl = cache.writers  # [S, B', P', d]
     clean = sub.clean.to(arch.device)
     e = arch.embed(clean)  # clean input embeddings [B, P, d]
@@ -377,25 +393,25 @@ def _gradient_method(
         total = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.float64, device=arch.device)
         for j in range(1, steps + 1):
             a = (j - 0.5) / steps
-            total = total + _grad_scores(arch, graph, base_m + a * (e - base_m), metric, abl, delta_m)
+            total = total + _grad_scores(arch, graph, base_m + a * (e - base_m), metric, abl, delta_m, at=at)
             bar.update(1)
         return total / steps
     keep: list[torch.Tensor] = []
     # the clean run itself (alpha = 1) first: it also records the clean writer outputs a, hence delta = ã - a
-    s = _grad_scores(arch, graph, e, metric, abl, keep=keep)
+    s = _grad_scores(arch, graph, e, metric, abl, keep=keep, at=at)
     bar.update(1)
     if method == "eap":
         return s
     delta = abl - keep.pop()
     if method == "clean-corrupted":
-        s += _grad_scores(arch, graph, abl[0].expand_as(e), metric, abl, delta)
+        s += _grad_scores(arch, graph, abl[0].expand_as(e), metric, abl, delta, at=at)
         bar.update(1)
         return s / 2
     alphas = [j / steps for j in range(1, steps)]  # alpha = 1 is done
     if method == "eap-ig-inputs":
         base = abl[0].expand_as(e)
         for a in alphas:
-            s += _grad_scores(arch, graph, base + a * (e - base), metric, abl, delta)
+            s += _grad_scores(arch, graph, base + a * (e - base), metric, abl, delta, at=at)
             bar.update(1)
         return s / steps
     clean_writers = abl - delta
@@ -412,7 +428,7 @@ def _gradient_method(
         acc = s[rows].clone()  # alpha = 1 (the clean run) is shared by every group
         for a in alphas:
             vals = abl_g + a * (clean_g - abl_g)
-            acc += _grad_scores(arch, graph, e, metric, abl, delta, override=(gid, vals))[rows]
+            acc += _grad_scores(arch, graph, e, metric, abl, delta, override=(gid, vals), at=at)[rows]
             bar.update(1)
         out[rows] = acc / steps
     return out

@@ -55,32 +55,41 @@ def evaluate_masks(
     ``progress(k)`` is called after every pass with the number of masks it evaluated.
     """
     from acdc.arch import get_arch
+    from acdc.incremental import metric_positions
     from acdc.patching import ablation_cache, check_graph, masked_forward_unchecked, plain_forward, shared_cache
 
     arch = get_arch(model)
     check_graph(graph, arch)
     if batch < 1:
         raise InputError(f"batch must be at least 1, got {batch}")
-    all_masks = [graph.valid, torch.zeros_like(graph.valid)] + [m.bool() for m in masks]
+    # the full circuit is the model itself (the masked forward's all-ones identity): its metric comes from the
+    # plain forward every chunk needs anyway as the KL reference
+    all_masks = [torch.zeros_like(graph.valid)] + [m.bool() for m in masks]
     n, p = data.clean.shape
-    per_prompt = batch * p * int(getattr(model.cfg, "d_vocab", 50257))
+    # logits are computed at the metric positions only (the unembedding of every position dominates a pass on a
+    # large vocabulary); chunks of prompts keep the logits and the masked forward's writer store bounded
+    n_at = int(data.positions.sum(1).max())
+    per_prompt = batch * max(n_at * int(getattr(model.cfg, "d_vocab", 50257)), graph.n_src * p * arch.d_model // 4)
     chunk = max(1, min(n, max_elements // max(per_prompt, 1)))
     shared = shared_cache(model, graph, data.corrupt.to(arch.device), ablation, precomputed)
-    values = torch.zeros(len(all_masks), n, dtype=torch.float64)
-    kls = torch.zeros(len(all_masks), n, dtype=torch.float64)
+    values = torch.zeros(len(all_masks) + 1, n, dtype=torch.float64)
+    kls = torch.zeros(len(all_masks) + 1, n, dtype=torch.float64)
     with torch.no_grad():
         for lo in range(0, n, chunk):
             hi = min(n, lo + chunk)
-            sub = data.rows(lo, hi)
-            clean = sub.clean.to(arch.device)
-            cache = shared if shared is not None else ablation_cache(model, graph, sub.corrupt.to(arch.device),
+            mp = metric_positions(data.rows(lo, hi))
+            sub, at = mp.data, mp.index.to(arch.device)
+            clean = data.clean[lo:hi].to(arch.device)
+            cache = shared if shared is not None else ablation_cache(model, graph, data.corrupt[lo:hi].to(arch.device),
                                                                      "patch")
-            ref = plain_forward(arch, clean)[0]
+            final = plain_forward(arch, clean, logits=False)[1].base_final
+            ref = arch.unembed(arch.ln_final(final.gather(1, at.unsqueeze(-1).expand(*at.shape, final.shape[-1]))))
+            values[0, lo:hi] = task_metric(sub, ref.unsqueeze(0), ref)[0].double().cpu()
             for i in range(0, len(all_masks), batch):
                 m = torch.stack(all_masks[i : i + batch]).to(device=arch.device, dtype=arch.dtype)
-                logits = masked_forward_unchecked(arch, graph, clean, cache, m)
-                values[i : i + len(m), lo:hi] = task_metric(sub, logits, ref).double().cpu()
-                kls[i : i + len(m), lo:hi] = kl_divergence(logits, ref, sub.positions).double().cpu()
+                logits = masked_forward_unchecked(arch, graph, clean, cache, m, at=at)
+                values[1 + i : 1 + i + len(m), lo:hi] = task_metric(sub, logits, ref).double().cpu()
+                kls[1 + i : 1 + i + len(m), lo:hi] = kl_divergence(logits, ref, sub.positions).double().cpu()
                 if progress is not None:
                     progress(len(m) * (hi - lo) / n)
     return Evaluation(values[2:], kls[2:].clamp_min(0.0), values[0], values[1])

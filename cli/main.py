@@ -660,10 +660,18 @@ def evaluate(task: str, circuit_files: tuple[str, ...], model_spec: str | None, 
     click.echo(f"task {prep.task.name} on {prep.spec} · {len(data)} prompts x {data.clean.shape[1]} tokens ({split} "
                f"split) · metric: {data.description} · ablation: {prep.ablation} · graph {graph.n_edges} edges")
     if not circuit_files:
+        # the model's own forward, in chunks of prompts (whole-vocabulary logits of every position are large:
+        # Gemma 3's 262,144 tokens x 200 prompts x 18 positions would be 3.8 GB a run)
+        chunk = max(1, 2**26 // (data.clean.shape[1] * int(model.cfg.d_vocab)))
+        clean_m, corrupt_m = [], []
         with torch.no_grad():
-            m_clean, m_corrupt = model(data.clean), model(data.corrupt)
-        click.echo(f"{'clean model':<34}{float(task_metric(data, m_clean, m_clean).mean()):>10.4f}")
-        click.echo(f"{'counterfactual model':<34}{float(task_metric(data, m_corrupt, m_clean).mean()):>10.4f}")
+            for lo in range(0, len(data), chunk):
+                sub = data.rows(lo, min(len(data), lo + chunk))
+                m_clean, m_corrupt = model(sub.clean), model(sub.corrupt)
+                clean_m.append(task_metric(sub, m_clean, m_clean))
+                corrupt_m.append(task_metric(sub, m_corrupt, m_clean))
+        click.echo(f"{'clean model':<34}{float(torch.cat(clean_m).mean()):>10.4f}")
+        click.echo(f"{'counterfactual model':<34}{float(torch.cat(corrupt_m).mean()):>10.4f}")
     click.echo(f"{'circuit':<34}{'edges':>6}{'metric':>10}{'faithfulness [95% CI]':>30}{'KL(full||C)':>13}")
     for i, (label, c) in enumerate(zip(labels, circuits, strict=True)):
         lo, hi = float(st["f_lo"][i]), float(st["f_hi"][i])
