@@ -665,8 +665,8 @@ def evaluate(task: str, circuit_files: tuple[str, ...], model_spec: str | None, 
         chunk = max(1, 2**26 // (data.clean.shape[1] * int(model.cfg.d_vocab)))
         clean_m, corrupt_m = [], []
         with torch.no_grad():
-            for lo in range(0, len(data), chunk):
-                sub = data.rows(lo, min(len(data), lo + chunk))
+            for start in range(0, len(data), chunk):
+                sub = data.rows(start, min(len(data), start + chunk))
                 m_clean, m_corrupt = model(sub.clean), model(sub.corrupt)
                 clean_m.append(task_metric(sub, m_clean, m_clean))
                 corrupt_m.append(task_metric(sub, m_corrupt, m_clean))
