@@ -178,7 +178,8 @@ def _explore_section(view: dict[str, Any] | None, live: bool) -> str:
     parts = [
         intro,
         f'<div id="acdc-view" class="view" data-live="{1 if live else 0}"><p class="na">This view needs '
-        "JavaScript; the sections below show the same run without it.</p></div>",
+        "JavaScript; the sections below show the same run without it.</p>"
+        '<svg class="v-svg" id="acdc-svg" role="img" aria-label="circuit graph"></svg></div>',
         f'<script type="application/json" id="acdc-view-data">{_script_json(view)}</script>',
     ]
     rows = [[_e(o["a"]), _e(o["b"]), _num(o["edges_a"]), _num(o["edges_b"]), _num(o["shared"]), _num(o["jaccard"])]
@@ -196,14 +197,19 @@ def _explore_section(view: dict[str, Any] | None, live: bool) -> str:
     n_table = len(_list(_dict(view.get("edges")).get("src")))
     limits = _dict(view.get("limits"))
     parts.append(
-        f'<div class="notes left-out"><b>What this page holds</b>: {_num(n_table)} of the graph\'s '
-        f"{_num(view.get('n_edges_total'))} edges (those of the embedded circuits); each ranking up to its chosen "
-        f"circuit or {_num(limits.get('order_edges'))} edges, whichever is larger; no circuit of more than "
-        f"{_num(limits.get('max_circuit_edges'))} edges."
+        f'<div class="notes left-out"><b>What this page holds</b>: {_count(n_table)} of the graph\'s '
+        f"{_count(view.get('n_edges_total'))} edges (those of the embedded circuits); each ranking up to its chosen "
+        f"circuit or {_count(limits.get('order_edges'))} edges, whichever is larger; no circuit of more than "
+        f"{_count(limits.get('max_circuit_edges'))} edges."
         + (f"<ul>{''.join(f'<li>{_e(o)}</li>' for o in omitted)}</ul>" if omitted else " Nothing else was left out.")
         + "</div>"
     )
     return "".join(parts)
+
+
+def _count(x: Any) -> str:
+    """An integer with thousands separators (``70,651``), anything else as :func:`_num` shows it."""
+    return f"{x:,}" if isinstance(x, int) and not isinstance(x, bool) else _num(x)
 
 
 def _script_json(obj: Any) -> str:

@@ -15,7 +15,9 @@
   if (!root || !dataEl) return;
   var D = JSON.parse(dataEl.textContent);
   var LIVE = root.getAttribute("data-live") === "1";
-  var SVGNS = "http://www.w3.org/2000/svg";
+  var svg = root.querySelector("svg.v-svg"); // in the page's markup, so the HTML parser gave it SVG's namespace
+  if (!svg) return;
+  var SVGNS = svg.namespaceURI;
   var ROLE_COLOUR = { q: "#0072b2", k: "#d55e00", v: "#009e73", mlp: "#4d4d4d", logits: "#7b3f8c" };
   var ROLE_SHIFT = { q: -9, k: 0, v: 9, mlp: 0, logits: 0 };
   var AGREE = ["#f4a259", "#bc4b51", "#5b8e7d", "#2f5fd0", "#3d2c8d", "#1b1b1b"];
@@ -133,7 +135,6 @@
   root.appendChild(readout);
 
   var body = el("div", { "class": "v-body" });
-  var svg = sv("svg", { "class": "v-svg", id: "acdc-svg", role: "img", "aria-label": "circuit graph" });
   var vp = sv("g", { "class": "vp" });
   var gRows = sv("g", { "class": "rows" }), gEdges = sv("g", { "class": "edges" }), gNodes = sv("g", { "class": "nodes" });
   vp.appendChild(gRows); vp.appendChild(gEdges); vp.appendChild(gNodes);
@@ -699,5 +700,6 @@
   draw();
   fit();
   if (LIVE) renderLive();
+  root.setAttribute("data-ready-ms", String(Math.round(performance.now())));
   root.setAttribute("data-ready", "1");
 })();
