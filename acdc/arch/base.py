@@ -61,6 +61,15 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def linear_heads(module: Any, n: int, d_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Linear's weight as ``[n, d_in, d_out]`` (n heads of d_out columns) and its bias ``[n, d_out]`` (zeros if
+    it has none)."""
+    lin = unwrap(module)
+    w = lin.weight.detach()  # [n * d_out, d_in]
+    b = lin.bias.detach() if lin.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+    return w.view(n, d_out, -1).transpose(1, 2), b.view(n, d_out)
+
+
 def unembedding(module: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``W_U [d_model, V]`` and ``b_U [V]`` (None without a bias) of an ``lm_head`` Linear."""
     lm_head = unwrap(module)

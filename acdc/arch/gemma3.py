@@ -19,8 +19,7 @@ from typing import Any
 
 import torch
 
-from acdc.arch.base import Arch, Norm, attention_fields, unembedding, unwrap
-from acdc.arch.llama import _linear_t
+from acdc.arch.base import Arch, Norm, attention_fields, linear_heads, unembedding, unwrap
 from acdc.errors import UnsupportedArchitecture
 
 
@@ -75,7 +74,7 @@ def build(model: Any, name: str) -> Arch:
         for block in layers:
             a = unwrap(block.self_attn)
             for lin, n, ws, bs in ((a.q_proj, H, Wq, bq), (a.k_proj, G, Wk, bk), (a.v_proj, G, Wv, bv)):
-                w, b = _linear_t(lin, n, dh)
+                w, b = linear_heads(lin, n, dh)
                 ws.append(w)
                 bs.append(b)
             o = unwrap(a.o_proj)
@@ -86,11 +85,11 @@ def build(model: Any, name: str) -> Arch:
             Wo.append(o.weight.detach().t().reshape(H, dh, d))
             bo.append(torch.zeros(d, dtype=o.weight.dtype, device=o.weight.device))
             mlp = unwrap(block.mlp)
-            gate, bg = _linear_t(mlp.gate_proj, 1, mlp.gate_proj.out_features)
-            up, bu = _linear_t(mlp.up_proj, 1, mlp.up_proj.out_features)
+            gate, bg = linear_heads(mlp.gate_proj, 1, mlp.gate_proj.out_features)
+            up, bu = linear_heads(mlp.up_proj, 1, mlp.up_proj.out_features)
             W_in.append(torch.cat([gate[0], up[0]], dim=-1))
             b_in.append(torch.cat([bg[0], bu[0]]))
-            down, bd = _linear_t(mlp.down_proj, 1, d)
+            down, bd = linear_heads(mlp.down_proj, 1, d)
             W_out.append(down[0])
             b_out.append(bd[0])
         # q is normalised per head after its projection, so the attention scale cannot be folded into W_Q

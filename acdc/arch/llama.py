@@ -8,17 +8,8 @@ from typing import Any
 
 import torch
 
-from acdc.arch.base import Arch, attention_fields, rms_norm, unembedding, unwrap
+from acdc.arch.base import Arch, attention_fields, linear_heads, rms_norm, unembedding, unwrap
 from acdc.errors import UnsupportedArchitecture
-
-
-def _linear_t(module: Any, n: int, d_out: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A Linear's weight as ``[n, d_in, d_out]`` (n heads of d_out columns) and its bias ``[n, d_out]`` (zeros if
-    it has none)."""
-    lin = unwrap(module)
-    w = lin.weight.detach()  # [n * d_out, d_in]
-    b = lin.bias.detach() if lin.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
-    return w.view(n, d_out, -1).transpose(1, 2), b.view(n, d_out)
 
 
 def build(model: Any, name: str) -> Arch:
@@ -46,13 +37,13 @@ def build(model: Any, name: str) -> Arch:
         for block in layers:
             a = unwrap(block.self_attn)
             scale = float(getattr(a, "scaling", dh**-0.5))
-            w, b = _linear_t(a.q_proj, H, dh)
+            w, b = linear_heads(a.q_proj, H, dh)
             Wq.append(w * scale)
             bq.append(b * scale)
-            w, b = _linear_t(a.k_proj, G, dh)
+            w, b = linear_heads(a.k_proj, G, dh)
             Wk.append(w)
             bk.append(b)
-            w, b = _linear_t(a.v_proj, G, dh)
+            w, b = linear_heads(a.v_proj, G, dh)
             Wv.append(w)
             bv.append(b)
             o = unwrap(a.o_proj)
@@ -60,11 +51,11 @@ def build(model: Any, name: str) -> Arch:
             bo.append(o.bias.detach() if o.bias is not None else torch.zeros(d, dtype=o.weight.dtype,
                                                                              device=o.weight.device))
             mlp = unwrap(block.mlp)
-            gate, bg = _linear_t(mlp.gate_proj, 1, mlp.gate_proj.out_features)
-            up, bu = _linear_t(mlp.up_proj, 1, mlp.up_proj.out_features)
+            gate, bg = linear_heads(mlp.gate_proj, 1, mlp.gate_proj.out_features)
+            up, bu = linear_heads(mlp.up_proj, 1, mlp.up_proj.out_features)
             W_in.append(torch.cat([gate[0], up[0]], dim=-1))
             b_in.append(torch.cat([bg[0], bu[0]]))
-            down, bd = _linear_t(mlp.down_proj, 1, d)
+            down, bd = linear_heads(mlp.down_proj, 1, d)
             W_out.append(down[0])
             b_out.append(bd[0])
         attention = attention_fields(torch.stack(Wq), torch.stack(bq), torch.stack(Wk), torch.stack(bk),
