@@ -6,12 +6,17 @@ Every score is in metric units and estimates the change of the task metric M whe
 - ``eap`` (Syed et al. 2023): ``(ã_u - a_u) · ∂M/∂in_v`` with the gradient on the clean run; this equals
   ``-∂M/∂m_uv`` at ``m = 1`` (tested against autograd through the masked forward).
 - ``eap-ig-inputs`` (alias ``eap-ig``; Hanna et al. 2024): the gradient averaged over ``steps`` runs whose input
-  embeddings are ``ẽ + α (e - ẽ)``, ``α = j / steps`` for ``j = 1..steps`` (right-endpoint rule: the clean run is
-  included, the counterfactual excluded, so one step is exactly ``eap``), times the same ``ã_u - a_u``.
-- ``eap-ig-midpoint``: the same integral by the midpoint rule, ``α = (j - 1/2) / steps``: neither end point is
-  sampled (the right-endpoint rule over-weights the clean run, where gradients can saturate; the EAP-IG library's
-  left-endpoint rule over-weights the counterfactual one). ``steps`` passes plus one forward for the clean
-  activations.
+  embeddings are ``ẽ + α (e - ẽ)``, times the same ``ã_u - a_u``. Three rules place the α points
+  (:func:`ig_alphas`), one method each:
+
+  - ``eap-ig-inputs``: the right-endpoint rule, ``α = j / k`` for ``j = 1..k``: the clean run is included, the
+    counterfactual excluded, so one step is exactly ``eap``;
+  - ``eap-ig-left``: the left-endpoint rule, ``α = j / k`` for ``j = 0..k-1``, the convention of the EAP-IG library
+    and of MIB (the counterfactual run included, the clean one not);
+  - ``eap-ig-midpoint``: the midpoint rule, ``α = (j - 1/2) / k``: neither end point is sampled (the right rule
+    over-weights the clean run, where gradients can saturate, the left rule the counterfactual one).
+
+  The left and midpoint rules cost one forward more than the right one (the clean activations ``a``).
 - ``eap-ig-activations``: for each writer group (the input, one layer's heads, one layer's MLP) in turn, the
   group's outputs are set to ``ã + α (a - ã)`` (same α grid) and the gradient on every reader downstream is
   averaged; scores of edges leaving that group use it. ``steps x (2L + 1)`` passes.
@@ -59,10 +64,29 @@ from acdc.patching import (
 )
 from acdc.types import ABLATIONS, Ablation, TaskData
 
-Method = Literal["eap", "eap-ig-inputs", "eap-ig", "eap-ig-midpoint", "eap-ig-activations", "clean-corrupted",
-                 "mask-ig", "exact"]
+Method = Literal["eap", "eap-ig-inputs", "eap-ig", "eap-ig-left", "eap-ig-midpoint", "eap-ig-activations",
+                 "clean-corrupted", "mask-ig", "exact"]
 METHODS: tuple[str, ...] = get_args(Method)
 Level = Literal["edge", "node"]
+IGRule = Literal["left", "right", "midpoint"]
+IG_RULES: tuple[str, ...] = get_args(IGRule)
+INPUT_IG_RULES: dict[str, IGRule] = {"eap-ig-inputs": "right", "eap-ig-left": "left", "eap-ig-midpoint": "midpoint"}
+"""The integration rule of each EAP-IG-along-the-inputs method."""
+
+
+def ig_alphas(rule: str, steps: int) -> list[float]:
+    """The interpolation points α of an integration rule with ``steps`` points on ``[0, 1]`` (0 = counterfactual,
+    1 = clean): ``left`` ``j/k`` for ``j = 0..k-1``, ``right`` ``j/k`` for ``j = 1..k``, ``midpoint``
+    ``(j - 1/2)/k`` for ``j = 1..k``."""
+    if steps < 1:
+        raise InputError(f"steps must be at least 1, got {steps}")
+    if rule == "left":
+        return [j / steps for j in range(steps)]
+    if rule == "right":
+        return [j / steps for j in range(1, steps + 1)]
+    if rule == "midpoint":
+        return [(j - 0.5) / steps for j in range(1, steps + 1)]
+    raise InputError(f"unknown integration rule '{rule}'; choose one of {', '.join(IG_RULES)}")
 
 
 @dataclass(eq=False)
@@ -271,8 +295,8 @@ def attribute(
         model: a model from :func:`acdc.load_model`.
         graph: ``Graph.from_model(model)``.
         data: prompts from ``Task.build``; the metric is ``data.metric`` (prompt-averaged).
-        method: one of ``eap``, ``eap-ig-inputs`` (= ``eap-ig``), ``eap-ig-activations``, ``clean-corrupted``,
-            ``mask-ig``, ``exact``.
+        method: one of ``eap``, ``eap-ig-inputs`` (= ``eap-ig``), ``eap-ig-left``, ``eap-ig-midpoint``,
+            ``eap-ig-activations``, ``clean-corrupted``, ``mask-ig``, ``exact``.
         ablation: ``patch`` (the counterfactual prompts), ``mean`` (writer means over the counterfactual prompts) or
             ``zero``. ``clean-corrupted`` needs ``patch``.
         steps: interpolation steps of the integrated-gradient methods.
@@ -350,10 +374,12 @@ def attribute(
     bar.close()
     if level == "node" and method != "exact":
         total = (total * graph.valid.double()).sum(1)
-    meta = {"method": method, "ablation": ablation, "steps": steps if method in ("eap-ig-inputs", "mask-ig",
-            "eap-ig-activations", "eap-ig-midpoint") else None, "n_prompts": n, "metric": data.metric, "level": level,
+    meta = {"method": method, "ablation": ablation, "steps": steps if method in ("mask-ig", "eap-ig-activations",
+            *INPUT_IG_RULES) else None, "n_prompts": n, "metric": data.metric, "level": level,
             "batch_size": batch_size, "passes": per_batch * len(batches),
             "forward_equivalents": fwd_eq + (ablation != "zero") + (data.metric == "kl")}
+    if method in INPUT_IG_RULES:
+        meta["rule"] = INPUT_IG_RULES[method]
     return EdgeScores(graph, total * (graph.valid.double() if total.dim() == 2 else 1.0), method, level, meta)
 
 
@@ -368,10 +394,10 @@ def attribution_cost(method: str, steps: int, graph: Graph, *, level: Level = "e
         n_masks = (graph.n_edges if level == "edge" else graph.n_src) + 1
         return math.ceil(n_masks / exact_batch), float(n_masks)
     per = {"eap": 1, "eap-ig-inputs": steps, "clean-corrupted": 2, "mask-ig": steps, "eap-ig-midpoint": steps,
-           "eap-ig-activations": 1 + (steps - 1) * (2 * graph.n_layers + 1)}
+           "eap-ig-left": steps, "eap-ig-activations": 1 + (steps - 1) * (2 * graph.n_layers + 1)}
     if method not in per:
         raise InputError(f"unknown attribution method '{method}'; choose one of {', '.join(METHODS)}")
-    if method == "eap-ig-midpoint":  # plus one forward (no backward) for the clean activations
+    if method in ("eap-ig-midpoint", "eap-ig-left"):  # plus one forward (no backward) for the clean activations
         return per[method] + 1, 3.0 * per[method] + 1.0
     return per[method], 3.0 * per[method]
 
@@ -384,15 +410,14 @@ def _gradient_method(
     abl = cache.writers  # [S, B', P', d]
     clean = sub.clean.to(arch.device)
     e = arch.embed(clean)  # clean input embeddings [B, P, d]
-    if method == "eap-ig-midpoint":
+    if method in ("eap-ig-left", "eap-ig-midpoint"):  # the clean run is not sampled: its activations from a forward
         with torch.no_grad():
             _, run = plain_forward(arch, clean, logits=False)
         bar.update(1)
         delta_m = abl - run.writers
         base_m = abl[0].expand_as(e)
         total = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.float64, device=arch.device)
-        for j in range(1, steps + 1):
-            a = (j - 0.5) / steps
+        for a in ig_alphas(INPUT_IG_RULES[method], steps):
             total = total + _grad_scores(arch, graph, base_m + a * (e - base_m), metric, abl, delta_m, at=at)
             bar.update(1)
         return total / steps
@@ -407,7 +432,7 @@ def _gradient_method(
         s += _grad_scores(arch, graph, abl[0].expand_as(e), metric, abl, delta, at=at)
         bar.update(1)
         return s / 2
-    alphas = [j / steps for j in range(1, steps)]  # alpha = 1 is done
+    alphas = ig_alphas("right", steps)[:-1]  # alpha = 1 is done
     if method == "eap-ig-inputs":
         base = abl[0].expand_as(e)
         for a in alphas:

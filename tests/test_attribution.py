@@ -121,6 +121,80 @@ def test_eap_ig_inputs_definition(setup):
     assert not torch.allclose(half, want)
 
 
+def _hook_ig_scores(model, g, data, alpha):
+    """``Σ_{b,p} (ã_u - a_u) · ∂M/∂in_v`` with the gradient taken on the run whose block-0 residual (embeddings) is
+    ``ẽ + α (e - ẽ)``, computed by the bridge itself: TransformerLens hooks set the embeddings and add a zero probe
+    to every reader's input (``hook_q/k/v_input``, ``hook_mlp_in``, ``ln_final.hook_in``); the probes' gradients are
+    the ``∂M/∂in_v``. Shares nothing with acdc.attribution or acdc.patching."""
+    from tests.reference import _writer_values
+
+    _, c_cache = model.run_with_cache(data.clean)
+    _, x_cache = model.run_with_cache(data.corrupt)
+    clean_w = _writer_values(lambda n: c_cache[n], g)
+    corr_w = _writer_values(lambda n: x_cache[n], g)
+    e, e_x = c_cache["blocks.0.hook_resid_pre"], x_cache["blocks.0.hook_resid_pre"]
+    probes: dict[str, torch.Tensor] = {}
+
+    def probe(name):
+        def hook(t, hook):
+            probes[name] = torch.zeros_like(t, requires_grad=True)
+            return t + probes[name]
+        return hook
+
+    hooks = [("blocks.0.hook_resid_pre", lambda t, hook: e_x + alpha * (e - e_x))]
+    for layer in range(g.n_layers):
+        hooks += [(f"blocks.{layer}.attn.hook_{k}_input", probe(f"{layer}{k}")) for k in "qkv"]
+        hooks.append((f"blocks.{layer}.hook_mlp_in", probe(f"{layer}m")))
+    hooks.append(("ln_final.hook_in", probe("final")))
+    with torch.enable_grad():
+        value = task_metric(data, model.run_with_hooks(data.clean, fwd_hooks=hooks)).mean()
+        grads = dict(zip(probes, torch.autograd.grad(value, list(probes.values())), strict=True))
+    out = torch.zeros(g.n_src, g.n_dst, dtype=torch.float64)
+
+    def score(r, grad):
+        for u in range(g.n_src):
+            if g.valid[u, r]:
+                out[u, r] = float(((corr_w[u] - clean_w[u]) * grad).sum())
+
+    for layer in range(g.n_layers):
+        for kind, k in enumerate("qkv"):
+            for h in range(g.n_heads):
+                score(g.attn_readers(layer).start + kind * g.n_heads + h, grads[f"{layer}{k}"][:, :, h])
+        score(g.mlp_reader(layer), grads[f"{layer}m"])
+    score(g.logits_index, grads["final"])
+    return out
+
+
+@pytest.mark.parametrize("method, rule", [("eap-ig-inputs", "right"), ("eap-ig-left", "left"),
+                                          ("eap-ig-midpoint", "midpoint")])
+def test_ig_rules_are_means_of_explicit_gradients(setup, method, rule):
+    """k = 3 steps of each rule equal the mean, over exactly its alpha points, of the explicit gradients on runs from
+    interpolated embeddings (the bridge with hooks); the other rules' points do not give it."""
+    from acdc.attribution import ig_alphas
+
+    model, g, data = setup
+    assert ig_alphas(rule, 3) == {"left": [0, 1 / 3, 2 / 3], "right": [1 / 3, 2 / 3, 1.0],
+                                  "midpoint": [1 / 6, 0.5, 5 / 6]}[rule]
+    per_alpha = {a: _hook_ig_scores(model, g, data, a) for r in ("left", "right", "midpoint")
+                 for a in ig_alphas(r, 3)}
+    got = attribute(model, g, data, method, steps=3, progress=False)
+    assert got.meta["rule"] == rule
+    for r in ("left", "right", "midpoint"):
+        want = sum(per_alpha[a] for a in ig_alphas(r, 3)) / 3
+        close = torch.allclose(got.scores, want, atol=1e-9, rtol=1e-7)
+        assert close == (r == rule), (r, (got.scores - want).abs().max())
+
+
+def test_left_rule_one_step_is_the_counterfactual_gradient(setup):
+    """One step of the left rule is the gradient on the counterfactual run (alpha = 0) times (ã - a): the
+    clean-corrupted method's second half, so clean-corrupted = (eap + left-1-step) / 2."""
+    model, g, data = setup
+    eap = attribute(model, g, data, "eap", progress=False).scores
+    left = attribute(model, g, data, "eap-ig-left", steps=1, progress=False).scores
+    cc = attribute(model, g, data, "clean-corrupted", progress=False).scores
+    assert torch.allclose(cc, (eap + left) / 2, atol=1e-12)
+
+
 def test_exact_is_single_edge_patching(setup):
     model, g, data = setup
     ex = attribute(model, g, data, "exact", exact_batch=7, progress=False)

@@ -53,7 +53,10 @@ METHODS = (
             in_job=True),
     _record("eap-ig", "EAP with integrated gradients along the input embeddings (= eap-ig-inputs)", in_job=True,
             method="eap-ig-inputs"),
-    _record("eap-ig-inputs", "EAP with integrated gradients along the input embeddings"),
+    _record("eap-ig-inputs", "EAP with integrated gradients along the input embeddings, right-endpoint rule "
+            "alpha = 1/k .. 1 (one step = eap)"),
+    _record("eap-ig-left", "EAP-IG along the input embeddings by the left-endpoint rule, alpha = 0 .. (k-1)/k (the "
+            "EAP-IG library's and MIB's convention)"),
     _record("eap-ig-midpoint", "EAP-IG along the input embeddings by the midpoint rule (no end point sampled)"),
     _record("eap-ig-activations", "EAP with integrated gradients along each writer group's activations"),
     _record("clean-corrupted", "EAP with the gradient averaged over the clean and the counterfactual run"),
