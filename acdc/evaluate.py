@@ -66,11 +66,7 @@ def evaluate_masks(
     # plain forward every chunk needs anyway as the KL reference
     all_masks = [torch.zeros_like(graph.valid)] + [m.bool() for m in masks]
     n, p = data.clean.shape
-    # logits are computed at the metric positions only (the unembedding of every position dominates a pass on a
-    # large vocabulary); chunks of prompts keep the logits and the masked forward's writer store bounded
-    n_at = int(data.positions.sum(1).max())
-    per_prompt = batch * max(n_at * int(getattr(model.cfg, "d_vocab", 50257)), graph.n_src * p * arch.d_model // 4)
-    chunk = max(1, min(n, max_elements // max(per_prompt, 1)))
+    chunk = prompts_per_pass(model, graph, data, batch, max_elements)
     shared = shared_cache(model, graph, data.corrupt.to(arch.device), ablation, precomputed)
     values = torch.zeros(len(all_masks) + 1, n, dtype=torch.float64)
     kls = torch.zeros(len(all_masks) + 1, n, dtype=torch.float64)
@@ -93,6 +89,20 @@ def evaluate_masks(
                 if progress is not None:
                     progress(len(m) * (hi - lo) / n)
     return Evaluation(values[2:], kls[2:].clamp_min(0.0), values[0], values[1])
+
+
+def prompts_per_pass(model: Any, graph: Graph, data: TaskData, batch: int, max_elements: int = 2**27) -> int:
+    """Prompts per masked forward of :func:`evaluate_masks` with ``batch`` masks: logits are computed at the metric
+    positions only (the unembedding of every position dominates a pass on a large vocabulary), and chunks of
+    prompts keep the logits ``[K, B, n, V]`` under ``max_elements`` and the writer store ``[S, K, B, P, d]`` under
+    four times that."""
+    from acdc.arch import get_arch
+
+    n, p = data.clean.shape
+    n_at = int(data.positions.sum(1).max())
+    per_prompt = batch * max(n_at * int(getattr(model.cfg, "d_vocab", 50257)),
+                             graph.n_src * p * get_arch(model).d_model // 4)
+    return max(1, min(n, max_elements // max(per_prompt, 1)))
 
 
 def evaluate_circuits(

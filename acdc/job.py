@@ -68,6 +68,7 @@ class JobOptions:
     score_dirs: tuple[str, ...] = ()  # rankings saved by `acdc scores` to sweep as extra curves
     distributed: bool = False  # share prompts among torchrun processes (methods that can, and the sweeps)
     device_map: str | dict[str, Any] | None = None
+    max_memory: str | None = None  # the process's memory budget (None: what is available at start)
     command: str = ""
 
     def settings(self, ablation: str, seed: int) -> Settings:
@@ -122,6 +123,20 @@ class MethodRuns:
     rankings: dict[str, tuple[str, torch.Tensor]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+def check_memory(prep: Prepared, methods: Sequence[str], sweep_batch: int = 16, max_memory: str | None = None
+                 ) -> str | None:
+    """Refuse (one line) a job whose estimated peak at some stage exceeds the budget, before it runs; the plan's
+    summary line otherwise (None where the machine does not say how much memory is available)."""
+    from acdc.memory import plan_job
+
+    plan = plan_job(prep.model, prep.graph, prep.data, list(methods), ablation=prep.ablation,
+                    sweep_batch=sweep_batch, max_memory=max_memory)
+    if plan is None:
+        return None
+    plan.check()
+    return plan.describe()
 
 
 def check_methods(names: Sequence[str], *, distributed: bool = False) -> list[Method]:
@@ -246,6 +261,9 @@ def run_job(task_name: str, model_spec: str | None, out: str | Path | None, opts
     log(f"model {prep.spec}: {model.cfg.n_layers} layers x {model.cfg.n_heads} heads, {graph.n_edges} edges "
         f"({timings['model_s']:.1f} s)")
     log(f"task {prep.task.name}: {len(train)} train / {len(test)} test prompts; metric {train.description}")
+    plan = check_memory(prep, [m.name for m in methods], opts.batch, opts.max_memory)
+    if plan:
+        log(f"memory: {plan}")
     folder = run_dir(prep.task.name, "run", out) if main_rank else Path(".")
 
     runs = run_methods(prep, methods, opts, progress=progress, log=log)
@@ -472,7 +490,7 @@ def discover_job(task_name: str, model_spec: str | None, out: str | Path | None,
                  selector: str = "greedy", refine: bool = True, n: int | None = None, seed: int | None = None,
                  counterfactual: str | None = None, dataset: str | None = None, ablation: str | None = None,
                  steps: int | None = None, device_map: str | dict[str, Any] | None = None,
-                 distributed: bool = False, budget_s: float | None = None,
+                 distributed: bool = False, budget_s: float | None = None, max_memory: str | None = None,
                  progress: bool = True) -> DiscoverResult:
     """Find a circuit on the train split with any registered method, evaluate it exactly on the test split, and
     write ``circuit.json``, the method's scores (where it has them) and ``run.yaml``. An interrupted ``acdc``
@@ -488,6 +506,7 @@ def discover_job(task_name: str, model_spec: str | None, out: str | Path | None,
     prep = prepare(task_name, model_spec, n=n, seed=seed, counterfactual=counterfactual, dataset=dataset,
                    ablation=ablation, device_map=device_map)
     train, test = prep.data["train"], prep.data["test"]
+    check_memory(prep, [m.name], max_memory=max_memory)
     rank, world = 0, 1
     evaluator = evaluate_masks
     if distributed:

@@ -215,6 +215,7 @@ def estimate(
     metric: str = "logit_diff",
     exact_batch: int = 32,
     n_prompts: int | None = None,
+    logit_positions: int | None = None,
 ) -> MemoryEstimate:
     """Estimated peak memory of ``acdc.attribute`` (or of the fast ACDC search, ``method="acdc"``) with ``batch``
     prompts per pass of ``seq_len`` tokens, by term: the weights (with acdc's copies), the writer stores
@@ -223,7 +224,9 @@ def estimate(
 
     ``model_or_cfg``: a loaded model, its ``cfg``, a :class:`ModelShape` or a dict (see :func:`model_shape`).
     ``dtype`` defaults to the model's (float32 when unknown). ``n_prompts`` (all prompts of the run) matters for
-    ``mean`` ablation, whose writer means come from one pass over every prompt.
+    ``mean`` ablation, whose writer means come from one pass over every prompt. ``logit_positions``: positions per
+    prompt whose logits are computed (the gradient methods and exact evaluation unembed the metric positions only;
+    default: every position, as the calibration runs did).
     """
     if method not in EXTRA_WRITER_COPIES:
         raise InputError(f"no memory model for method '{method}'; choose one of {', '.join(EXTRA_WRITER_COPIES)}")
@@ -236,7 +239,7 @@ def estimate(
     params = s.param_bytes if s.param_bytes is not None else s.params() * it
     weights = params + ARCH_COPIES * L * d * R * s.d_head * it + MODEL_FIXED + PER_VOCAB_ENTRY * V
     X = batch * P * d * it  # one residual-stream-sized tensor of the batch
-    logit = batch * P * V * it
+    logit = batch * (P if logit_positions is None else min(P, logit_positions)) * V * it
     if method == "acdc":  # the fast search (acdc.incremental): the whole batch at once, no gradients
         n_in = L * (R + 1) + 1
         cache = (S + 2 * L + 1) * X * (ACDC_CACHE if ablation == "patch" else 1 / batch)
@@ -334,3 +337,131 @@ def batch_for_budget(
     est = estimate(model, method=method, batch=batch, seq_len=seq_len, **kw)
     why = "all prompts" if batch == cap else f"the largest that fits {budget_name} {format_size(budget_bytes)}"
     return batch, f"batch size {batch} ({why}): estimated peak {est.describe()}"
+
+
+# ---- whole jobs: every stage's peak, checked before anything runs ------------------------------------------------
+# the memory model each registered method's peak follows (methods outside this table are planned as mask-ig, the
+# largest gradient method: differentiating the masked forward)
+METHOD_MODELS: dict[str, tuple[str, ...]] = {
+    "eap": ("eap",), "eap-ig": ("eap-ig-inputs",), "eap-ig-inputs": ("eap-ig-inputs",),
+    "eap-ig-midpoint": ("eap-ig-inputs",), "eap-ig-activations": ("eap-ig-activations",),
+    "clean-corrupted": ("clean-corrupted",), "mask-ig": ("mask-ig",), "exact": ("exact",),
+    "ensemble": ("eap", "eap-ig-inputs", "eap-ig-activations"),
+    "edge-pruning": ("mask-ig",),  # one mask through the masked forward with gradients, a batch of prompts per step
+    # ranking, then bisection by exact evaluation and per-edge refinement, whose memory adds up (measured on SmolLM2:
+    # 15.3 GiB peak RSS, more than either alone)
+    "hybrid": ("eap-ig-inputs", "sweep+acdc"),
+    "acdc": ("acdc",),
+}
+
+
+RUNTIME = 512 * MiB  # the Python/torch runtime of a process, which the estimates above do not count
+
+
+@dataclass
+class JobPlan:
+    """The estimated peak of each stage of a job (name -> estimate) and the memory it may use."""
+
+    stages: dict[str, MemoryEstimate]
+    budget: int
+    budget_name: str
+
+    @property
+    def peak(self) -> tuple[str, MemoryEstimate]:
+        name = max(self.stages, key=lambda k: self.stages[k].total)
+        return name, self.stages[name]
+
+    def describe(self) -> str:
+        name, est = self.peak
+        return (f"estimated peak {format_size(est.total + RUNTIME)} ({name}; model and acdc's weight copies "
+                f"{format_size(est.weights)}, runtime {format_size(RUNTIME)}) of {self.budget_name} "
+                f"{format_size(self.budget)}")
+
+    def check(self) -> None:
+        """One-line :class:`InputError` when a stage's estimated peak exceeds the budget."""
+        over = {k: e for k, e in self.stages.items() if e.total + RUNTIME > self.budget}
+        if not over:
+            return
+        worst = max(over, key=lambda k: over[k].total)
+        raise InputError(
+            f"this job would not fit in memory: {worst} needs about {format_size(over[worst].total + RUNTIME)} "
+            f"({over[worst].describe()}, plus the runtime), {self.budget_name} is {format_size(self.budget)}"
+            + (f"; also over: {', '.join(k for k in over if k != worst)}" if len(over) > 1 else "")
+            + "; use fewer prompts (--n), drop the method (--methods), or give --max-memory if the estimate is too "
+              "cautious for this machine")
+
+
+def available_memory() -> int:
+    """Bytes the kernel says are available now (``MemAvailable``); 0 where it does not say (no planning then)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def plan_job(
+    model: Any, graph: Any, data: dict[str, Any], methods: list[str] | tuple[str, ...], *,
+    ablation: str = "patch", sweep_batch: int = 16, attr_batch: int = 32, max_memory: str | int | None = None,
+    evaluate: bool = True,
+) -> JobPlan | None:
+    """Plan a job's memory before it runs: each method's peak on the train prompts (``data["train"]``), and the
+    exact evaluation of ``sweep_batch`` circuits per pass on each split (as :func:`acdc.evaluate.evaluate_masks`
+    chunks the prompts). The budget is ``max_memory`` (the whole process) or, without it, what the kernel says is
+    available now plus what the process holds (the loaded model); ``None`` where neither is known."""
+    import resource
+
+    if max_memory is not None:
+        budget = parse_size(max_memory) if isinstance(max_memory, str) else int(max_memory)
+        name = "--max-memory"
+    else:
+        avail = available_memory()
+        if not avail:
+            return None
+        held = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the model is loaded: count it back in
+        budget, name = int(0.9 * avail) + held, "the memory available"
+    stages: dict[str, MemoryEstimate] = {}
+
+    def n_at(d: Any) -> int:
+        return int(d.positions.sum(1).max())
+
+    def sweep_stage(d: Any) -> MemoryEstimate:
+        from acdc.evaluate import prompts_per_pass
+
+        n, p = d.clean.shape
+        chunk = prompts_per_pass(model, graph, d, sweep_batch)
+        return estimate(model, method="exact", batch=chunk, seq_len=int(p), exact_batch=sweep_batch,
+                        n_writers=graph.n_src, ablation=ablation, metric=d.metric, n_prompts=int(n),
+                        logit_positions=n_at(d))
+
+    def engine(d: Any) -> MemoryEstimate:
+        n, p = d.clean.shape
+        return estimate(model, method="acdc", batch=int(n), seq_len=int(p), n_writers=graph.n_src,
+                        ablation=ablation, metric=d.metric, n_prompts=int(n))
+
+    train = data.get("train")
+    for m in methods:
+        for part in METHOD_MODELS.get(m, ("mask-ig",)):
+            if train is None:
+                continue
+            n, p = train.clean.shape
+            if part == "sweep+acdc":
+                a, b = sweep_stage(train), engine(train)
+                est = MemoryEstimate(a.weights, a.writers + b.writers, a.activations + b.activations,
+                                     a.attention + b.attention, a.logits + b.logits, a.fixed)
+            elif part == "acdc":
+                est = engine(train)
+            else:
+                est = estimate(model, method=part, batch=min(attr_batch, int(n)), seq_len=int(p),
+                               n_writers=graph.n_src, ablation=ablation, metric=train.metric, n_prompts=int(n),
+                               logit_positions=n_at(train))
+            key = m if part == METHOD_MODELS.get(m, ("mask-ig",))[0] and len(METHOD_MODELS.get(m, ())) <= 1 \
+                else f"{m} ({part})"
+            stages[key] = est
+    if evaluate:
+        for split, d in data.items():
+            stages[f"exact evaluation ({split})"] = sweep_stage(d)
+    return JobPlan(stages, budget, name)

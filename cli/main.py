@@ -291,6 +291,10 @@ def _options(*names: str, split: str = "test", n_help: str = "Number of prompts 
                                         "refused)."),
         "bootstrap": click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(0),
                                   help="Bootstrap resamples for the 95% intervals (0: none)."),
+        "max_memory": click.option("--max-memory", default=None, metavar="SIZE",
+                                   help="Memory the process may use, e.g. 8GiB: every stage's estimated peak is "
+                                        "checked against it before anything runs, and a job that would not fit is "
+                                        "refused [90% of the memory available at start, plus the model]."),
     }
 
     def deco(f: Any) -> Any:
@@ -420,7 +424,7 @@ def _all_methods() -> list[str]:
 @_options("model", "n", "seed", "counterfactual", "dataset", "ablation", n_help="Prompts per split [task default].")
 @click.option("--steps", default=None, type=click.IntRange(1),
               help="edge-pruning: training steps [300]; rankings and hybrid: integrated-gradient steps [5].")
-@_options("device_map")
+@_options("device_map", "max_memory")
 @click.option("--distributed", is_flag=True,
               help="Under torchrun: the processes share the prompts (acdc and the rankings); rank 0 writes and "
                    "prints. The circuit is the one a single process finds.")
@@ -433,7 +437,8 @@ def _all_methods() -> list[str]:
 def discover(task: str, method: str, threshold: float | None, n_edges: int | None, target: float, no_refine: bool,
              selector: str, model_spec: str | None, n_prompts: int | None, seed: int | None,
              counterfactual: str | None, dataset: str | None, ablation: str | None, steps: int | None,
-             device_map: str | None, distributed: bool, budget: float | None, out_dir: str | None) -> None:
+             device_map: str | None, max_memory: str | None, distributed: bool, budget: float | None,
+             out_dir: str | None) -> None:
     """Find a circuit for TASK on the train split and report its faithfulness on the test split.
 
     Writes circuit.json, scores (where the method has them) and run.yaml to the output folder and prints the size,
@@ -453,7 +458,7 @@ def discover(task: str, method: str, threshold: float | None, n_edges: int | Non
     r = discover_job(task, model_spec, out_dir, method, threshold=threshold, edges=n_edges, target=target,
                      selector=selector, refine=not no_refine, n=n_prompts, seed=seed, counterfactual=counterfactual,
                      dataset=dataset, ablation=ablation, steps=steps, device_map=parse_device_map(device_map),
-                     distributed=distributed, budget_s=budget)
+                     distributed=distributed, budget_s=budget, max_memory=max_memory)
     if r.folder is None:  # a rank other than 0: rank 0 reports
         return
     c, ev, graph, test = r.circuit, r.evaluation, r.prep.graph, r.prep.data["test"]
@@ -495,7 +500,7 @@ def _job_options(f: Any) -> Any:
                           "far; what was cut is said in a note."),
         click.option("--ep-steps", default=300, show_default=True, type=click.IntRange(1),
                      help="Edge-pruning training steps."),
-        _options("out", "device_map"),
+        _options("out", "device_map", "max_memory"),
         click.option("--distributed", is_flag=True,
                      help="Under torchrun: share the prompts of the methods that can (rankings) and of the sweeps "
                           "among the processes (torch.distributed); rank 0 writes and prints."),
@@ -514,7 +519,7 @@ def _run_job(task: str, kw: dict[str, Any], *, circuits: bool, score_dirs: tuple
                       bootstrap=kw["bootstrap"], level=kw["level"], budget_s=kw["budget"],
                       ep_steps=kw["ep_steps"], circuits=circuits, report=circuits, score_dirs=score_dirs,
                       distributed=kw["distributed"], device_map=parse_device_map(kw["device_map"]),
-                      command="acdc " + " ".join(sys.argv[1:]))
+                      max_memory=kw["max_memory"], command="acdc " + " ".join(sys.argv[1:]))
     quiet = kw["distributed"] and os.environ.get("RANK", "0") != "0"
     try:
         return run_job(task, kw["model_spec"], kw["out_dir"], opts,
@@ -624,10 +629,11 @@ def draw(circuit_file: str, out_dir: str | None, title: str | None) -> None:
 @main.command("evaluate")
 @click.argument("task")
 @click.argument("circuit_files", nargs=-1, type=click.Path(dir_okay=False))
-@_options("model", "n", "seed", "split", "counterfactual", "dataset", "ablation", "bootstrap", "device_map")
+@_options("model", "n", "seed", "split", "counterfactual", "dataset", "ablation", "bootstrap", "device_map",
+          "max_memory")
 def evaluate(task: str, circuit_files: tuple[str, ...], model_spec: str | None, n_prompts: int | None,
              seed: int | None, split: str, counterfactual: str | None, dataset: str | None, ablation: str | None,
-             bootstrap: int, device_map: str | None) -> None:
+             bootstrap: int, device_map: str | None, max_memory: str | None) -> None:
     """Exact faithfulness of circuits (circuit.json files) on TASK, with 95% bootstrap intervals.
 
     f = (M(C) - M(empty)) / (M(full) - M(empty)) on the chosen split (test by default), and KL(full || C). Without
@@ -645,11 +651,15 @@ def evaluate(task: str, circuit_files: tuple[str, ...], model_spec: str | None, 
     from acdc import Circuit
     from acdc.evaluate import baseline_warning, evaluate_masks, faithfulness_ci
     from acdc.job import prepare
+    from acdc.memory import plan_job
     from acdc.metrics import task_metric
 
     prep = prepare(task, model_spec, splits=(split,), n=n_prompts, seed=seed, counterfactual=counterfactual,
                    dataset=dataset, ablation=ablation, device_map=parse_device_map(device_map))
     model, graph, data = prep.model, prep.graph, prep.data[split]
+    plan = plan_job(model, graph, prep.data, [], ablation=prep.ablation, max_memory=max_memory)
+    if plan is not None:
+        plan.check()
     circuits = [Circuit.load(f, graph) for f in circuit_files] or [Circuit.full(graph), Circuit.empty(graph)]
     labels = list(circuit_files) or ["full circuit", "empty circuit"]
     ev = evaluate_masks(model, graph, data, [c.mask for c in circuits], ablation=prep.ablation)

@@ -187,3 +187,45 @@ def test_cli_max_memory_errors(toy_ioi, args, message):
     assert run.exit_code == 2
     errors = re.findall(r"error: [^\r\n]*", run.output)
     assert len(errors) == 1 and message in errors[0], run.output
+
+
+# ---- whole jobs: every stage planned before it runs -----------------------------------------------------------------
+def test_job_plan_has_every_stage_and_refuses_in_one_line(toy_ioi):
+    from acdc import Graph
+    from acdc.memory import RUNTIME, plan_job
+    from acdc.task import get_task
+
+    graph = Graph.from_model(toy_ioi)
+    data = {s: get_task("ioi").build(toy_ioi, 24, split=s) for s in ("train", "test")}
+    methods = ["eap", "edge-pruning", "hybrid", "acdc"]
+    plan = plan_job(toy_ioi, graph, data, methods, max_memory="64GiB")
+    assert plan is not None
+    assert set(plan.stages) == {"eap", "edge-pruning", "hybrid (eap-ig-inputs)", "hybrid (sweep+acdc)", "acdc",
+                                "exact evaluation (train)", "exact evaluation (test)"}
+    # the hybrid's exact stages hold their memory together: more than either alone
+    assert plan.stages["hybrid (sweep+acdc)"].total > max(plan.stages["acdc"].total,
+                                                          plan.stages["exact evaluation (train)"].total)
+    name, peak = plan.peak
+    assert name == "hybrid (sweep+acdc)"
+    plan.check()  # fits 64 GiB
+    tight = plan_job(toy_ioi, graph, data, methods, max_memory=peak.total + RUNTIME - 1)
+    assert tight is not None
+    with pytest.raises(InputError) as e:
+        tight.check()
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("this job would not fit in memory: hybrid (sweep+acdc) needs about")
+    assert plan_job(toy_ioi, graph, data, methods, max_memory=peak.total + RUNTIME) is not None
+
+
+@pytest.mark.parametrize("command", [
+    ["run", "ioi", "--methods", "eap"], ["pareto", "ioi", "--methods", "eap"],
+    ["discover", "ioi", "--method", "acdc"], ["evaluate", "ioi"],
+])
+def test_cli_refuses_a_job_that_would_not_fit(toy_ioi, tmp_path, command):
+    """run, pareto, discover and evaluate check every stage before running any: one line, exit 2, no output."""
+    out = ["--out", str(tmp_path / "o")] if command[0] != "evaluate" else []
+    run = CliRunner().invoke(main, [*command, "--n", "8", "--max-memory", "100MiB", *out])
+    assert run.exit_code == 2, run.output
+    errors = re.findall(r"error: [^\r\n]*", run.output)
+    assert len(errors) == 1 and "would not fit in memory" in errors[0] and "--max-memory is 100 MiB" in errors[0]
+    assert not (tmp_path / "o").exists()
