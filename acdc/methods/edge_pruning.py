@@ -170,7 +170,7 @@ def edge_pruning(
                 steps = fit
                 bar.total = steps
                 bar.refresh()
-        if budget_s is not None and planned and elapsed > budget_s and step < steps:
+        if budget_s is not None and planned and elapsed > budget_s and plan_at < step < steps:
             # the plan is an estimate (a machine shared with other jobs slows later steps): the budget is a deadline
             cost.extra["budget_note"] = (f"edge-pruning: stopped at the budget of {budget_s:.0f} s after {step} "
                                          f"steps (planned {steps}; {elapsed / step:.2f} s per step)")
