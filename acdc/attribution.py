@@ -5,9 +5,10 @@ Every score is in metric units and estimates the change of the task metric M whe
 
 - ``eap`` (Syed et al. 2023): ``(ã_u - a_u) · ∂M/∂in_v`` with the gradient on the clean run; this equals
   ``-∂M/∂m_uv`` at ``m = 1`` (tested against autograd through the masked forward).
-- ``eap-ig-inputs`` (alias ``eap-ig``; Hanna et al. 2024): the gradient averaged over ``steps`` runs whose input
-  embeddings are ``ẽ + α (e - ẽ)``, times the same ``ã_u - a_u``. Three rules place the α points
-  (:func:`ig_alphas`), one method each:
+- EAP-IG along the inputs (Hanna et al. 2024): the gradient averaged over ``steps`` runs whose input embeddings are
+  ``ẽ + α (e - ẽ)``, times the same ``ã_u - a_u``. Three rules place the α points (:func:`ig_alphas`), one method
+  each; ``eap-ig`` is the right rule (:data:`DEFAULT_IG`: measured on the zoo's IOI and induction tasks over five
+  prompt seeds, no rule's frontier was better on every seed):
 
   - ``eap-ig-inputs``: the right-endpoint rule, ``α = j / k`` for ``j = 1..k``: the clean run is included, the
     counterfactual excluded, so one step is exactly ``eap``;
@@ -72,6 +73,15 @@ IGRule = Literal["left", "right", "midpoint"]
 IG_RULES: tuple[str, ...] = get_args(IGRule)
 INPUT_IG_RULES: dict[str, IGRule] = {"eap-ig-inputs": "right", "eap-ig-left": "left", "eap-ig-midpoint": "midpoint"}
 """The integration rule of each EAP-IG-along-the-inputs method."""
+DEFAULT_IG = "eap-ig-inputs"
+"""What ``eap-ig`` means: the right-endpoint rule (one step = EAP). On zoo:toy-ioi and zoo:toy-induction over five
+prompt seeds the three rules' frontiers differed by less than the seeds did (README, Attribution patching), so the
+default stayed."""
+
+
+def canonical(method: str) -> str:
+    """The method an alias stands for (``eap-ig`` -> :data:`DEFAULT_IG`); other names unchanged."""
+    return DEFAULT_IG if method == "eap-ig" else method
 
 
 def ig_alphas(rule: str, steps: int) -> list[float]:
@@ -279,7 +289,7 @@ def attribute(
     model: Any,
     graph: Graph,
     data: TaskData,
-    method: str = "eap-ig-inputs",
+    method: str = "eap-ig",
     *,
     ablation: Ablation = "patch",
     steps: int = 5,
@@ -313,8 +323,7 @@ def attribute(
 
     if method not in METHODS:
         raise InputError(f"unknown attribution method '{method}'; choose one of {', '.join(METHODS)}")
-    if method == "eap-ig":
-        method = "eap-ig-inputs"
+    method = canonical(method)
     if ablation not in ABLATIONS:
         raise InputError(f"unknown ablation '{ablation}'; choose one of {', '.join(ABLATIONS)}")
     if level not in ("edge", "node"):
@@ -388,8 +397,7 @@ def attribution_cost(method: str, steps: int, graph: Graph, *, level: Level = "e
     """(passes per batch of prompts, forward equivalents over the whole data) of an attribution method, not counting
     the counterfactual run (one forward, except for zero ablation) or kl's clean reference (one forward). A pass
     with a backward counts 3 forward equivalents; ``exact`` evaluates one mask per edge (node) plus the full one."""
-    if method == "eap-ig":
-        method = "eap-ig-inputs"
+    method = canonical(method)
     if method == "exact":
         n_masks = (graph.n_edges if level == "edge" else graph.n_src) + 1
         return math.ceil(n_masks / exact_batch), float(n_masks)

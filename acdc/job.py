@@ -170,7 +170,10 @@ def run_methods(prep: Prepared, methods: Sequence[Method], opts: JobOptions, *, 
         if m.kind == "ranking":
             assert out.scores is not None  # a ranking always has scores
             runs.rankings[m.name] = (m.ranking_sense, out.scores.scores)
-            runs.curves.append(curve_from_scores(graph, m.name, out.scores.scores, sizes))
+            runs.curves.append(curve_from_scores(graph, m.name, out.scores.scores, sizes, selector=m.selector))
+            fell = [c.meta["fallback"] for c in runs.curves[-1].circuits if c.meta.get("fallback")]
+            if fell:
+                runs.notes.append(f"{m.name}: {len(fell)} of {len(sizes)} sizes not chosen by the ILP: {fell[-1]}")
         elif out.circuits:
             runs.curves.append(curve_from_circuits(m.name, out.circuits))
         runs.notes += out.notes

@@ -419,8 +419,9 @@ def _all_methods() -> list[str]:
 @click.option("--target-faithfulness", "target", type=click.FloatRange(0, 1, min_open=True), default=0.9,
               show_default=True, help="hybrid: the faithfulness (train split) the circuit must reach.")
 @click.option("--no-refine", is_flag=True, help="hybrid: skip the exact pruning of the selected circuit.")
-@click.option("--selector", type=click.Choice(["greedy", "topn"]), default="greedy", show_default=True,
-              help="How rankings pick --edges edges from their scores.")
+@click.option("--selector", type=click.Choice(["greedy", "topn", "ilp"]), default="greedy", show_default=True,
+              help="How rankings pick --edges edges from their scores (ilp: the connected circuit of exactly that "
+                   "size with the largest total |score|).")
 @_options("model", "n", "seed", "counterfactual", "dataset", "ablation", n_help="Prompts per split [task default].")
 @click.option("--steps", default=None, type=click.IntRange(1),
               help="edge-pruning: training steps [300]; rankings and hybrid: integrated-gradient steps [5].")

@@ -91,9 +91,9 @@ def test_eap_ig_one_step_is_eap_and_converges(setup):
     eap = attribute(model, g, data, "eap", progress=False)
     one = attribute(model, g, data, "eap-ig-inputs", steps=1, progress=False)
     assert torch.allclose(one.scores, eap.scores, atol=1e-12)  # right-endpoint rule: alpha = 1 is the clean run
-    alias = attribute(model, g, data, "eap-ig", steps=3, progress=False)
+    alias = attribute(model, g, data, "eap-ig", steps=3, progress=False)  # eap-ig is DEFAULT_IG, the right rule
     three = attribute(model, g, data, "eap-ig-inputs", steps=3, progress=False)
-    assert torch.equal(alias.scores, three.scores)
+    assert alias.method == "eap-ig-inputs" and torch.equal(alias.scores, three.scores)
 
 
 def test_eap_ig_inputs_definition(setup):

@@ -164,3 +164,47 @@ def test_discover_budget_stops_acdc_in_one_line_and_resumes(tmp_path) -> None:  
     a = json.loads((out / "circuit.json").read_text())
     b = json.loads((tmp_path / "fresh" / "circuit.json").read_text())
     assert sorted(a["edges"]) == sorted(b["edges"]) and a["meta"]["resumed_at_reader"] == 1
+
+
+def test_selection_methods_ilp_and_stable(toy_ioi, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """eap-ig-ilp: the eap-ig scores, a curve of ILP circuits of exactly each size (total |score| >= greedy's);
+    discover gives the ILP circuit of --edges. eap-ig-stable: the top of its ranking is the set of edges among the
+    n best in at least half of the bootstrap resamples, and the chunks' mean is the plain eap-ig ranking."""
+    from acdc.attribution import attribute
+    from acdc.job import JobOptions, Prepared, run_methods
+    from acdc.methods.selected import CHUNKS, FRACTION, RESAMPLES
+    from acdc.selection import greedy, stability
+
+    g = Graph.from_model(toy_ioi)
+    data = get_task("ioi").build(toy_ioi, 16, split="train")
+    prep = Prepared(None, "zoo:toy-ioi", toy_ioi, g, "patch", 0, {"train": data}, {})
+    runs = run_methods(prep, [get_method("eap-ig-ilp"), get_method("eap-ig")], JobOptions(ig_steps=3),
+                       progress=False)
+    ilp_curve, greedy_curve = runs.curves
+    assert torch.equal(runs.rankings["eap-ig-ilp"][1], runs.rankings["eap-ig"][1])
+    scores = runs.rankings["eap-ig"][1]
+    for n, c in zip(ilp_curve.requested, ilp_curve.circuits, strict=True):
+        assert c.meta["selector"] == "ilp" and c.meta["optimal"] and c.n_edges == n
+        assert c.meta["total"] >= float(scores.abs()[greedy(g, scores, n).mask].sum()) - 1e-9
+    assert [c.meta["selector"] for c in greedy_curve.circuits] == ["greedy"] * len(greedy_curve.circuits)
+    out = tmp_path / "d"
+    r = CliRunner().invoke(main, ["discover", "ioi", "--method", "eap-ig-ilp", "--edges", "17", "--n", "16",
+                                  "--steps", "3", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((out / "circuit.json").read_text())
+    assert doc["n_edges"] == 17 and doc["meta"]["selector"] == "ilp"
+
+    ctx = Context(toy_ioi, g, data, progress=False)
+    stable = get_method("eap-ig-stable").run(ctx, Settings(ig_steps=3, seed=4))
+    assert stable.scores is not None and stable.scores.meta["chunks"] == CHUNKS
+    size = len(data) // CHUNKS
+    chunks = torch.stack([attribute(toy_ioi, g, data.rows(i * size, (i + 1) * size), "eap-ig", steps=3,
+                                    progress=False).scores for i in range(CHUNKS)])
+    plain = ctx.rankings["eap-ig-inputs:3:patch"].scores
+    assert torch.allclose(plain, attribute(toy_ioi, g, data, "eap-ig", steps=3, progress=False).scores, atol=1e-5)
+    for n in (5, 12, 30):
+        kept = (stability(g, chunks, n, resamples=RESAMPLES, seed=4) >= FRACTION) & g.valid
+        k = int(kept.sum())
+        top = torch.zeros_like(g.valid)
+        top.view(-1)[torch.argsort(stable.scores.scores.flatten(), descending=True)[:k]] = True
+        assert torch.equal(top, kept), n

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from acdc.attribution import EdgeScores, attribute, attribution_cost
+from acdc.attribution import DEFAULT_IG, EdgeScores, attribute, attribution_cost, canonical
 from acdc.graph import Graph
 from acdc.methods.base import Context, Method, Outcome, SearchCost, Settings
 
@@ -16,10 +16,15 @@ def ranking_cost(method: str, steps: int, graph: Graph) -> tuple[int, float]:
     return per_batch, fwd + 1.0
 
 
+def ranking_key(method: str, s: Settings) -> str:
+    """The key of a ranking in ``Context.rankings`` (aliases resolved: ``eap-ig`` and its rule share one)."""
+    return f"{canonical(method)}:{s.ig_steps}:{s.ablation}"
+
+
 def score(ctx: Context, method: str, s: Settings) -> EdgeScores:
     """The ``method`` ranking of ``ctx.data``, computed once per job (``ctx.rankings``) and shared among the
     torchrun processes when ``ctx.distributed``."""
-    key = f"{'eap-ig-inputs' if method == 'eap-ig' else method}:{s.ig_steps}:{s.ablation}"
+    key = ranking_key(method, s)
     if key not in ctx.rankings:
         if ctx.distributed:
             from acdc.distributed import attribute_distributed
@@ -51,8 +56,8 @@ def _record(name: str, summary: str, *, in_job: bool = False, method: str | None
 METHODS = (
     _record("eap", "edge attribution patching: (counterfactual - clean activation) x gradient, one backward",
             in_job=True),
-    _record("eap-ig", "EAP with integrated gradients along the input embeddings (= eap-ig-inputs)", in_job=True,
-            method="eap-ig-inputs"),
+    _record("eap-ig", f"EAP with integrated gradients along the input embeddings (= {DEFAULT_IG})", in_job=True,
+            method=DEFAULT_IG),
     _record("eap-ig-inputs", "EAP with integrated gradients along the input embeddings, right-endpoint rule "
             "alpha = 1/k .. 1 (one step = eap)"),
     _record("eap-ig-left", "EAP-IG along the input embeddings by the left-endpoint rule, alpha = 0 .. (k-1)/k (the "

@@ -103,7 +103,8 @@ class Method:
     |score|), ``keep`` for scores where larger means keep. ``cost(graph, settings)`` estimates full-model forward
     equivalents before running (a backward counts two). ``in_job``: part of ``acdc run``'s default set.
     ``distributed``: can share its prompts among torchrun processes. ``scores_only``: an attribution method that
-    ``acdc scores`` offers (edge and node level).
+    ``acdc scores`` offers (edge and node level). ``selector``: how a ranking's circuit of a size is chosen
+    (``greedy``, or ``ilp``: the best connected circuit of exactly that size).
     """
 
     name: str
@@ -116,4 +117,5 @@ class Method:
     distributed: bool = False
     attribution: bool = False
     controls: tuple[str, ...] = ()  # the Settings fields it reads, for help texts and validation
+    selector: str = "greedy"  # rankings: how a circuit of a size is chosen from the scores (acdc.selection)
 

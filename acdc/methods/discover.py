@@ -36,8 +36,9 @@ def find_circuit(model: Any, graph: Graph, data: TaskData, method: str = "hybrid
     - circuit methods (``acdc``, ``hybrid``) and edge pruning return the circuit they found: ``threshold`` is ACDC's
       (default 0.01), ``target`` the hybrid's faithfulness, ``edges`` edge pruning's size (default 5% of the graph,
       at least 20);
-    - rankings (``eap``, ``eap-ig``, ...) give a circuit chosen from their scores by ``selector`` (greedy / topn)
-      with ``edges`` edges, or every edge with |score| >= ``threshold``.
+    - rankings (``eap``, ``eap-ig``, ...) give a circuit chosen from their scores by ``selector`` (greedy / topn /
+      ilp; a method with a selector of its own, e.g. ``eap-ig-ilp``, uses it) with ``edges`` edges, or every edge
+      with |score| >= ``threshold``.
     ``steps``: integrated-gradient steps of rankings and of the hybrid's ranking (5), or training steps of edge
     pruning (300). ``options`` go to the method's search function (e.g. ``fast``, ``checkpoint``, ``refine``).
     ``distributed``: share the prompts among the torchrun processes (methods marked distributed; see
@@ -64,7 +65,8 @@ def find_circuit(model: Any, graph: Graph, data: TaskData, method: str = "hybrid
         if threshold is not None:
             circuit = select(graph, out.scores.scores, "threshold", tau=threshold)
         else:
-            circuit = select(graph, out.scores.scores, selector, n=edges or default_size(graph))
+            how = m.selector if m.selector != "greedy" else selector  # a method's own selector (e.g. ilp) wins
+            circuit = select(graph, out.scores.scores, how, n=edges or default_size(graph))
         out.cost.seconds = time.perf_counter() - t0
         circuit.meta.update({"method": method, **out.cost.as_dict()})
     return circuit, out

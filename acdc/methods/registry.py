@@ -15,6 +15,7 @@ FAMILIES: tuple[str, ...] = (
     "hybrid",
     "acdc",
     "ensemble",
+    "selected",
 )
 
 
