@@ -106,8 +106,9 @@ def test_pareto_command_sweeps_saved_scores(tmp_path, toy_ioi) -> None:  # type:
 @pytest.mark.parametrize("args, message", [
     (["run", "ioi", "--methods", "eap,nope"], "error: unknown method(s) nope in --methods; choose from eap, eap-ig, "
                                               "eap-ig-inputs, eap-ig-left, eap-ig-midpoint, eap-ig-activations, "
-                                              "clean-corrupted, mask-ig, exact, edge-pruning, hybrid, acdc, ensemble, "
-                                              "eap-ig-ilp, eap-ig-stable (comma-separated)"),
+                                              "clean-corrupted, mask-ig, exact, edge-pruning, edge-pruning-warm, "
+                                              "hybrid, acdc, ensemble, ensemble-max, ensemble-min, eap-ig-ilp, "
+                                              "eap-ig-stable (comma-separated)"),
     (["draw", "/no/such/circuit.json"], "error: no circuit file at /no/such/circuit.json"),
 ])
 def test_bad_input_is_one_line(args, message) -> None:  # type: ignore[no-untyped-def]

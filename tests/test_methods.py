@@ -208,3 +208,54 @@ def test_selection_methods_ilp_and_stable(toy_ioi, tmp_path) -> None:  # type: i
         top = torch.zeros_like(g.valid)
         top.view(-1)[torch.argsort(stable.scores.scores.flatten(), descending=True)[:k]] = True
         assert torch.equal(top, kept), n
+
+
+def test_ensemble_aggregations_and_one_member(toy_ioi) -> None:  # type: ignore[no-untyped-def]
+    """An ensemble of one ranking is that ranking's normalised |scores| under every aggregation (so it ranks edges
+    as the ranking does); over several members min <= mean <= max, and the registered methods aggregate so."""
+    from acdc.attribution import attribute
+    from acdc.methods.ensemble import AGGREGATIONS, MEMBERS, aggregate, normalised
+
+    g = Graph.from_model(toy_ioi)
+    data = get_task("ioi").build(toy_ioi, 16, split="train")
+    one = attribute(toy_ioi, g, data, "eap-ig", steps=3, progress=False)
+    for how in AGGREGATIONS:
+        agg = aggregate([one.scores], g.valid, how)
+        assert torch.equal(agg, normalised(one.scores, g.valid)) and float(agg.max()) == 1.0
+        from acdc.attribution import EdgeScores
+
+        assert [n for n, _ in EdgeScores(g, agg, how).ranked()] == [n for n, _ in one.ranked()]
+    with pytest.raises(InputError, match="unknown aggregation"):
+        aggregate([one.scores], g.valid, "median")
+    ctx = Context(toy_ioi, g, data, progress=False)
+    out = {how: get_method(name).run(ctx, Settings(ig_steps=3)).scores.scores
+           for how, name in (("mean", "ensemble"), ("max", "ensemble-max"), ("min", "ensemble-min"))}
+    members = [ctx.rankings[f"{m}:3:patch"].scores for m in MEMBERS]
+    assert torch.equal(out["max"], aggregate(members, g.valid, "max"))
+    assert bool((out["min"] <= out["mean"] + 1e-15).all()) and bool((out["mean"] <= out["max"] + 1e-15).all())
+
+
+def test_edge_pruning_warm_start_follows_the_scores(toy_ioi) -> None:  # type: ignore[no-untyped-def]
+    """edge-pruning-warm starts log alpha at warm_init of the eap-ig scores: monotone in |score|, 3 for the most
+    important edge, -3 for a zero score; with a vanishing learning rate the learned log alpha is that start; the
+    registered method runs and says so."""
+    from acdc.attribution import attribute
+    from acdc.methods.edge_pruning import INIT_HIGH, INIT_LOW, edge_pruning, warm_init
+
+    g = Graph.from_model(toy_ioi)
+    data = get_task("ioi").build(toy_ioi, 16, split="train")
+    s = attribute(toy_ioi, g, data, "eap-ig", steps=3, progress=False).scores
+    init = warm_init(g, s)
+    a = s.abs()[g.valid]
+    order = torch.argsort(a)
+    assert bool((init[g.valid][order].diff() >= 0).all())
+    assert abs(float(init.max()) - INIT_HIGH) < 1e-12 and float(init[~g.valid].max()) == INIT_LOW
+    _, log_alpha, _ = edge_pruning(toy_ioi, g, data, edges=20, steps=2, lr=1e-12, init=init, progress=False)
+    assert torch.allclose(log_alpha[g.valid], init[g.valid], atol=1e-6)
+    ctx = Context(toy_ioi, g, data, progress=False)
+    out = get_method("edge-pruning-warm").run(ctx, Settings(ig_steps=3, train_steps=20))
+    assert out.scores is not None and out.scores.meta["warm_start"] == "eap-ig"
+    assert out.circuits[0].meta["method"] == "edge-pruning-warm" and "started from" in out.notes[0]
+    assert "eap-ig-inputs:3:patch" in ctx.rankings
+    cold = get_method("edge-pruning").run(ctx, Settings(ig_steps=3, train_steps=20))
+    assert not torch.equal(cold.scores.scores, out.scores.scores)

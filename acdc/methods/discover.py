@@ -16,7 +16,7 @@ from acdc.types import TaskData
 def check_controls(method: str, *, threshold: float | None = None, edges: int | None = None) -> Method:
     """The method, or a one-line error when it is given a control it does not take (call before loading a model)."""
     m = get_method(method)
-    takes_threshold = m.kind == "ranking" and m.name != "edge-pruning" or "thresholds" in m.controls
+    takes_threshold = m.kind == "ranking" and not m.name.startswith("edge-pruning") or "thresholds" in m.controls
     takes_size = m.kind == "ranking"
     if threshold is not None and not takes_threshold:
         raise InputError(f"{method} is not controlled by a threshold (--threshold); use "

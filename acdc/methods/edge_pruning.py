@@ -44,6 +44,20 @@ def exact_size(graph: Graph, key: torch.Tensor, n: int) -> torch.Tensor:
     return best
 
 
+INIT_HIGH, INIT_LOW = 3.0, -3.0  # log alpha of the default start, and of the least important edge in a warm start
+
+
+def warm_init(graph: Graph, scores: torch.Tensor) -> torch.Tensor:
+    """A starting ``log alpha`` from an attribution ranking (the MIB 2025 shared task's "sequential" ensemble):
+    ``INIT_LOW + (INIT_HIGH - INIT_LOW) * |score| / max |score|``, so the most important edge starts where every
+    edge starts by default (3: kept with probability ~1) and an edge of score 0 at -3 (kept with probability ~0.05);
+    invalid edges at ``INIT_LOW``."""
+    a = scores.double().abs() * graph.valid
+    top = float(a.max())
+    norm = a / top if top > 0 else a
+    return (INIT_LOW + (INIT_HIGH - INIT_LOW) * norm).masked_fill(~graph.valid, INIT_LOW)
+
+
 PRECOMPUTE_BYTES = 2 * 2**30  # the ablated run and the reference logits for all prompts are kept below this
 
 
@@ -77,6 +91,7 @@ def edge_pruning(
     seed: int = 0,
     budget_s: float | None = None,
     progress: bool = True,
+    init: torch.Tensor | None = None,
 ) -> tuple[Circuit, torch.Tensor, SearchCost]:
     """Learn hard-concrete edge masks against KL to the full model with a Lagrangian sparsity constraint (edge pruning,
     Bhaskar et al. 2024); return the circuit of exactly ``edges`` edges (or ``fraction`` of all edges) after
@@ -87,6 +102,8 @@ def edge_pruning(
     number of steps is cut to what fits, planned once after the first 5% of the steps (at least 3), or as soon as a
     quarter of the budget is spent, from their measured time,
     and the schedule follows the new count; ``cost.extra["budget_note"]`` says so.
+    ``init``: the starting ``log alpha`` of every edge ``[n_src, n_dst]`` (default 3.0 everywhere: every edge
+    starts almost surely kept); :func:`warm_init` makes one from an attribution ranking.
     """
     from tqdm.auto import tqdm
 
@@ -101,7 +118,11 @@ def edge_pruning(
     valid = graph.valid.to(arch.device)
     n_valid = graph.n_edges
     target = 1.0 - n_target / n_valid
-    log_alpha = torch.full((graph.n_src, graph.n_dst), 3.0, dtype=torch.float32, device=arch.device)
+    if init is not None:
+        graph.check_mask(init, batched=False)
+        log_alpha = init.detach().to(device=arch.device, dtype=torch.float32).clone()
+    else:
+        log_alpha = torch.full((graph.n_src, graph.n_dst), INIT_HIGH, dtype=torch.float32, device=arch.device)
     log_alpha.requires_grad_(True)
     lambdas = torch.zeros(2, dtype=torch.float32, device=arch.device, requires_grad=True)
     opt = torch.optim.Adam([log_alpha], lr=lr)
@@ -184,25 +205,50 @@ def edge_pruning(
     return circuit, scores, cost
 
 
-def _run(ctx: Context, s: Settings) -> Outcome:
+def _run(ctx: Context, s: Settings, *, warm: bool = False) -> Outcome:
     n = s.edges or default_size(ctx.graph)
+    name = "edge-pruning-warm" if warm else "edge-pruning"
+    options = dict(s.options)
+    warm_cost = SearchCost()
+    if warm:
+        from acdc.methods.attribution import score
+
+        ranking = score(ctx, WARM_FROM, s)
+        options["init"] = warm_init(ctx.graph, ranking.scores)
+        warm_cost = SearchCost(passes=int(ranking.meta.get("passes", 0)),
+                               forward_equivalents=float(ranking.meta.get("forward_equivalents", 0.0)))
     circuit, log_alpha, cost = edge_pruning(ctx.model, ctx.graph, ctx.data, edges=n, ablation=s.ablation,
                                             steps=s.train_steps, seed=s.seed, budget_s=s.budget_s,
-                                            progress=ctx.progress, **s.options)
+                                            progress=ctx.progress, **options)
+    cost.add(warm_cost)
+    circuit.meta["method"] = name
     steps = circuit.meta["steps"]
     keep = torch.sigmoid(log_alpha.double()) * ctx.graph.valid  # monotone in log alpha, positive: |.| ranks right
     circuit.meta["label"] = f"n={n}"
-    scores = EdgeScores(ctx.graph, keep, "edge-pruning", meta={"ranking": "keep probability sigmoid(log alpha)",
-                                                              "requested_edges": n, "steps": steps})
-    notes = [f"edge-pruning: masks trained for {n} edges ({steps} steps); the curve ranks every edge by its "
-             "learned keep probability sigmoid(log alpha)"]
+    scores = EdgeScores(ctx.graph, keep, name, meta={"ranking": "keep probability sigmoid(log alpha)",
+                                                    "requested_edges": n, "steps": steps,
+                                                    **({"warm_start": WARM_FROM} if warm else {})})
+    notes = [f"{name}: masks trained for {n} edges ({steps} steps"
+             + (f", log alpha started from the normalised {WARM_FROM} scores" if warm else "")
+             + "); the curve ranks every edge by its learned keep probability sigmoid(log alpha)"]
     if "budget_note" in cost.extra:
         notes.append(cost.extra["budget_note"])
     return Outcome(scores=scores, circuits=[circuit], cost=cost, notes=notes)
+
+
+WARM_FROM = "eap-ig"  # the ranking a warm start begins from
+
+
+def _run_warm(ctx: Context, s: Settings) -> Outcome:
+    return _run(ctx, s, warm=True)
 
 
 METHODS = (
     Method("edge-pruning", "ranking", "learned hard-concrete edge masks at one size; every edge ranked by its keep "
            "probability", _run, cost=lambda graph, s: 3.0 * s.train_steps, ranking_sense="keep", in_job=True,
            controls=("edges", "train_steps", "seed", "budget_s")),
+    Method("edge-pruning-warm", "ranking", "edge pruning with log alpha started from the normalised eap-ig scores "
+           "(MIB 2025's sequential ensemble)", _run_warm,
+           cost=lambda graph, s: 3.0 * s.train_steps + 3.0 * s.ig_steps + 1.0, ranking_sense="keep",
+           controls=("edges", "train_steps", "seed", "budget_s", "ig_steps")),
 )
