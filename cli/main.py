@@ -470,6 +470,9 @@ def discover(task: str, method: str, threshold: float | None, n_edges: int | Non
     if r.warning:
         click.echo(f"warning: {r.warning}", err=True)
     click.echo(f"cost: {r.seconds:.1f} s; " + ", ".join(f"{k} {v}" for k, v in r.outcome.cost.as_dict().items()))
+    if c.meta.get("final_distance") is not None:  # acdc: accepted increases add up; the total next to the threshold
+        click.echo(f"threshold {c.meta['threshold']:g}: accumulated {c.meta['distance']} distance from the full model "
+                   f"on the train split {c.meta['final_distance']:.4g} (search.json's distance)")
     click.echo(f"wrote {r.folder}/circuit.json, run.yaml"
                + (", scores.safetensors, top_edges.json" if r.outcome.scores is not None else ""))
 

@@ -98,6 +98,9 @@ def test_discover_cli(tmp_path, toy_ioi):
         assert "faithfulness" in r.output and (out / "circuit.json").is_file() and (out / "run.yaml").is_file()
         c = Circuit.load(out / "circuit.json", Graph.from_model(toy_ioi))
         assert c.n_edges > 0
+        if method == "acdc":  # the accumulated KL next to the threshold
+            assert f"accumulated kl distance from the full model on the train split {c.meta['final_distance']:.4g}" \
+                in r.output and "threshold 0.02" in r.output
     r = CliRunner().invoke(main, ["discover", "ioi", "--method", "acdc", "--edges", "5"])
     assert r.exit_code == 2 and "--threshold" in r.output
 
@@ -186,3 +189,76 @@ def test_discover_one_interface(planted):
         assert cost.seconds > 0
     with pytest.raises(InputError, match="unknown method"):
         discover(model, g, data, "magic")
+
+
+def _restated_search(model, g, data, threshold, order, bound=None):
+    """ACDC restated plainly: readers from the logits down (descending reader index); a reader whose node feeds
+    nothing loses its inputs unevaluated; its senders in ``order``; one masked forward per candidate, KL(full || H)
+    averaged over prompts at the metric positions; accept when it rises by less than ``threshold`` (and, with a
+    bound, stays within it)."""
+    from acdc.metrics import kl_divergence
+    from acdc.patching import ablation_cache, masked_forward
+
+    cache = ablation_cache(model, g, data.corrupt, "patch")
+    full = masked_forward(model, g, data.clean, cache, g.valid.double())
+
+    def kl(m):
+        return float(kl_divergence(masked_forward(model, g, data.clean, cache, m.double()), full,
+                                   data.positions).mean())
+
+    H = g.n_heads
+
+    def sender_order(us):
+        if order == "acdc":
+            return sorted(us, reverse=True)
+        by_layer = []
+        for layer in range(g.n_layers - 1, -1, -1):  # the layer's MLP, then its heads from head 0 up
+            by_layer += [g.mlp_writer(layer)] + [g.head_writer(layer, h) for h in range(H)]
+        return [u for u in by_layer + [0] if u in us]
+
+    mask = g.valid.clone()
+    cur = 0.0
+    for r in range(g.n_dst - 1, -1, -1):
+        owners = g.feeds[r].nonzero().flatten().tolist()
+        if r != g.logits_index and not any(bool(mask[w].any()) for w in owners):
+            mask[:, r] = False
+            continue
+        for u in sender_order(mask[:, r].nonzero().flatten().tolist()):
+            trial = mask.clone()
+            trial[u, r] = False
+            new = kl(trial)
+            if new - cur < threshold and (bound is None or new <= bound):
+                mask, cur = trial, new
+    return mask, cur
+
+
+def test_reference_order_equals_its_restatement(tiny64):
+    """order="reference" (a layer's senders from head 0 up, its MLP first, layers from the top) returns what a
+    plain loop over masked_forward in that order returns, on the plain and the fast search; the default order is
+    restated the same way; a bound on the accumulated KL holds and matches the restatement too."""
+    g = Graph.from_model(tiny64)
+    gen = torch.Generator().manual_seed(3)
+    B, P = 6, 8
+    from acdc.types import TaskData
+
+    pos = torch.zeros(B, P, dtype=torch.bool)
+    pos[:, -2:] = True
+    data = TaskData(torch.randint(0, 40, (B, P), generator=gen), torch.randint(0, 40, (B, P), generator=gen), pos,
+                    torch.randint(0, 40, (B, P), generator=gen), torch.randint(0, 40, (B, P), generator=gen), "kl")
+    tau = 0.02
+    for order in ("reference", "acdc"):
+        want, want_d = _restated_search(tiny64, g, data, tau, order)
+        for fast in (False, True):
+            c, _ = acdc_search(tiny64, g, data, tau, order=order, fast=fast, progress=False)
+            assert torch.equal(c.mask, want), (order, fast)
+            assert abs(c.meta["final_distance"] - want_d) < 1e-9 and c.meta["order"] == order
+    ref = acdc_search(tiny64, g, data, tau, order="reference", fast=False, progress=False)[0]
+    dflt = acdc_search(tiny64, g, data, tau, fast=False, progress=False)[0]
+    assert not torch.equal(ref.mask, dflt.mask)  # the order matters here
+    bound = dflt.meta["final_distance"] / 2
+    want, want_d = _restated_search(tiny64, g, data, tau, "acdc", bound)
+    bounded = acdc_search(tiny64, g, data, tau, fast=False, progress=False, max_distance=bound)[0]
+    assert torch.equal(bounded.mask, want) and bounded.meta["final_distance"] <= bound
+    assert bounded.n_edges > dflt.n_edges
+    with pytest.raises(InputError, match="unknown visiting order"):
+        acdc_search(tiny64, g, data, tau, order="random", progress=False)

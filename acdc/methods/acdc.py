@@ -74,6 +74,24 @@ def _distance_fn(data: TaskData, full_logits: torch.Tensor, distance: str,
     raise InputError(f"unknown distance '{distance}'; use kl or metric")
 
 
+ORDERS: tuple[str, ...] = ("acdc", "reference")
+
+
+def _sender_key(graph: Graph, order: str) -> Callable[[int], tuple[int, int]]:
+    """Sort key of a reader's candidate senders (writer indices) in the visiting ``order``."""
+    if order == "acdc":
+        return lambda u: (-u, 0)
+    per = graph.n_heads + 1
+
+    def key(u: int) -> tuple[int, int]:
+        if u == 0:
+            return (1, 0)  # input last
+        layer, pos = divmod(u - 1, per)
+        return (-layer - 1, 0 if pos == graph.n_heads else 1 + pos)  # layers from the top; MLP, then heads 0 up
+
+    return key
+
+
 class SearchStopped(Exception):
     """An exact search stopped at its deadline: ``readers`` of ``of`` visited in ``seconds``; ``estimate_s`` is the
     whole search's time at that pace (an upper bound: readers left without outgoing edges are skipped for free)."""
@@ -110,6 +128,8 @@ def acdc_search(
     on_reader: Callable[[int, int, int, int], object] | None = None,
     distributed: bool = False,
     deadline: float | None = None,
+    order: str = "acdc",
+    max_distance: float | None = None,
 ) -> tuple[Circuit, SearchCost]:
     """Greedy exact edge search; returns the circuit (edges whose removal would raise D by ``threshold`` or more)
     and its cost. ``fast=False`` is the plain sequential reference: one full masked forward per edge.
@@ -123,11 +143,24 @@ def acdc_search(
 
     ``deadline`` (a ``time.perf_counter()`` value): checked after each reader; once passed, the search stops with
     :class:`SearchStopped`, which says how far it got and what the whole search would cost at that pace (with a
-    checkpoint, a later call resumes from there)."""
+    checkpoint, a later call resumes from there).
+
+    ``order``: the order of a reader's incoming edges. ``acdc`` (default): descending source index, the latest
+    writer first. ``reference``: the ACDC reference implementation's, a layer's senders from head 0 up: layers from
+    the top, within a layer its MLP first and then its heads from head 0 up, ``input`` last (readers are visited in
+    the same order either way: logits, then per layer from the top its MLP, v, k and q readers).
+
+    ``max_distance``: a bound on the circuit's distance from the full model; a removal is accepted only while the
+    distance after it stays within the bound (the per-edge threshold alone lets accepted increases add up). The
+    circuit's final distance is ``meta["final_distance"]``, and the checkpoint's ``distance``."""
     from tqdm.auto import tqdm
 
     if threshold < 0:
         raise InputError(f"threshold must be >= 0, got {threshold}")
+    if order not in ORDERS:
+        raise InputError(f"unknown visiting order '{order}'; choose one of {', '.join(ORDERS)}")
+    if max_distance is not None and max_distance < 0:
+        raise InputError(f"max_distance must be >= 0, got {max_distance}")
     arch = get_arch(model)
     if speculate is None:
         speculate = 8 if arch.device.type == "cuda" else 4
@@ -174,6 +207,15 @@ def acdc_search(
     options = {"threshold": threshold, "distance": distance, "ablation": ablation, "n": len(full_data),
                "graph": graph.signature(), "clean_sum": int(full_data.clean.sum()),
                "corrupt_sum": int(full_data.corrupt.sum())}
+    if order != "acdc":
+        options["order"] = order
+    if max_distance is not None:
+        options["max_distance"] = max_distance
+
+    def accept(new: float, cur: float) -> bool:
+        return new - cur < threshold and (max_distance is None or new <= max_distance)
+
+    sender_key = _sender_key(graph, order)
     mask = valid.clone()
     current = 0.0
     first = 0
@@ -198,7 +240,7 @@ def acdc_search(
     for pos in range(first, len(readers)):
         r = readers[pos]
         owners = graph.feeds[r].nonzero().flatten().tolist()
-        cands = [u for u in mask[:, r].nonzero().flatten().tolist()][::-1]  # descending source index
+        cands = sorted(mask[:, r].nonzero().flatten().tolist(), key=sender_key)
         evaluated = len(cands)
         if r != graph.logits_index and not any(bool(mask[w].any()) for w in owners):
             evaluated = 0
@@ -209,15 +251,14 @@ def acdc_search(
             if engine is not None:
                 with torch.no_grad():
                     kept, current, _ = remove_greedily(engine, mask, [(u, r) for u in cands], dist,
-                                                       lambda new, cur: new - cur < threshold, current, speculate,
-                                                       cost)
+                                                       accept, current, speculate, cost)
                 mask = kept.to(mask.device)
             else:
                 for u in cands:
                     trial = mask.clone()
                     trial[u, r] = False
                     d_new = float(dist(run(trial.unsqueeze(0)))[0])
-                    if d_new - current < threshold:
+                    if accept(d_new, current):
                         mask, current = trial, d_new
         bar.update(1)
         bar.set_postfix(edges=int(mask.sum()), distance=f"{current:.4g}")
@@ -240,7 +281,8 @@ def acdc_search(
     if world > 1:
         cost.extra["processes"] = world
     circuit = Circuit(graph, mask.cpu(), meta={"method": "acdc", "threshold": threshold, "distance": distance,
-                                                "final_distance": current, "fast": fast, **cost.as_dict()})
+                                                "final_distance": current, "fast": fast, "order": order,
+                                                "max_distance": max_distance, **cost.as_dict()})
     return circuit, cost
 
 
@@ -268,8 +310,14 @@ def _run(ctx: Context, s: Settings) -> Outcome:
                 f"{'s' if len(left) > 1 else ''} {', '.join(f'{t:g}' for t in left)} (raise --budget, or run "
                 "`acdc discover TASK --method acdc --threshold T --out DIR`, which can resume)")
             break
+    acc = []
     for i in sorted(found):
+        c = found[i][0]
+        acc.append(f"tau={thresholds[i]:g}: {c.meta['final_distance']:.4g} ({c.n_edges} edges)")
         out.record(*found[i], label=f"tau={thresholds[i]:g}")
+    if acc:  # the per-edge threshold lets accepted increases add up: say where each search ended
+        distance = "KL(full || C)" if found[min(found)][0].meta["distance"] == "kl" else "|M(C) - M(full)|"
+        out.notes.insert(0, f"acdc: accumulated {distance} on the train split: " + ", ".join(acc))
     return out
 
 
