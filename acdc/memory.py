@@ -346,8 +346,12 @@ METHOD_MODELS: dict[str, tuple[str, ...]] = {
     "eap": ("eap",), "eap-ig": ("eap-ig-inputs",), "eap-ig-inputs": ("eap-ig-inputs",),
     "eap-ig-midpoint": ("eap-ig-inputs",), "eap-ig-activations": ("eap-ig-activations",),
     "clean-corrupted": ("clean-corrupted",), "mask-ig": ("mask-ig",), "exact": ("exact",),
+    "eap-ig-left": ("eap-ig-inputs",), "eap-ig-ilp": ("eap-ig-inputs",), "eap-ig-stable": ("eap-ig-inputs",),
     "ensemble": ("eap", "eap-ig-inputs", "eap-ig-activations"),
+    "ensemble-max": ("eap", "eap-ig-inputs", "eap-ig-activations"),
+    "ensemble-min": ("eap", "eap-ig-inputs", "eap-ig-activations"),
     "edge-pruning": ("mask-ig",),  # one mask through the masked forward with gradients, a batch of prompts per step
+    "edge-pruning-warm": ("eap-ig-inputs", "mask-ig"),
     # ranking, then bisection by exact evaluation and per-edge refinement, whose memory adds up (measured on SmolLM2:
     # 15.3 GiB peak RSS, more than either alone)
     "hybrid": ("eap-ig-inputs", "sweep+acdc"),

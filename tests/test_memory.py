@@ -229,3 +229,11 @@ def test_cli_refuses_a_job_that_would_not_fit(toy_ioi, tmp_path, command):
     errors = re.findall(r"error: [^\r\n]*", run.output)
     assert len(errors) == 1 and "would not fit in memory" in errors[0] and "--max-memory is 100 MiB" in errors[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_every_registered_method_has_a_memory_model():
+    """A method added to the registry is planned by its own model, not by the fallback."""
+    from acdc.memory import METHOD_MODELS
+    from acdc.methods import method_names
+
+    assert set(method_names()) <= set(METHOD_MODELS)
