@@ -29,11 +29,12 @@ import torch
 
 from acdc.evaluate import Evaluation, evaluate_masks, resample_weights
 from acdc.job import JobOptions, check_methods, prepare, run_methods
+from acdc.methods import get_method
 from acdc.pareto import MIB_FRACTIONS, RECOVERY_LEVELS, curve_from_scores, mib_sizes, size_grid, sweep
 
 OLD = ("eap", "eap-ig", "eap-ig-midpoint", "eap-ig-activations", "clean-corrupted", "mask-ig", "exact", "edge-pruning",
        "hybrid", "acdc", "ensemble")
-NEW = ("eap-ig-left",)
+NEW = ("eap-ig-left", "eap-ig-ilp", "eap-ig-stable", "ensemble-max", "ensemble-min", "edge-pruning-warm")
 BUDGETS = (10, 15, 20, 30, 40, 60)
 
 
@@ -58,8 +59,10 @@ def _quantiles(x: np.ndarray) -> list[float]:
 def bench_task(task: str, methods: tuple[str, ...], old: tuple[str, ...], selectors: tuple[str, ...], *,
                n_train: int, n_test: int, n_boot: int, budget_s: float, seed: int | None, per_decade: int = 6
                ) -> dict[str, Any]:
-    plain = tuple(dict.fromkeys(m.split("+")[0] for m in methods))
     prep = prepare(task, None, splits=("train",), n=n_train, seed=seed)
+    if prep.ablation != "patch":  # clean-corrupted takes gradients on the counterfactual run: patch ablation only
+        methods = tuple(m for m in methods if m.split("+")[0] != "clean-corrupted")
+    plain = tuple(dict.fromkeys(m.split("+")[0] for m in methods))
     prep.data["test"] = prep.task.build(prep.model, n_test, seed=prep.seed, split="test")
     graph, test = prep.graph, prep.data["test"]
     opts = JobOptions(methods=plain, budget_s=budget_s, per_decade=per_decade)
@@ -68,14 +71,14 @@ def bench_task(task: str, methods: tuple[str, ...], old: tuple[str, ...], select
                        log=lambda s: print(f"  {task}: {s}", flush=True))
     sizes = size_grid(graph.n_edges, opts.per_decade)
     curves = [cv for cv in runs.curves if cv.method in methods]
-    wanted = [m for m in methods if "+" in m] + [f"{name}+{sel}" for name, (_, _) in runs.rankings.items()
-                                                 for sel in selectors]
+    wanted = [m for m in methods if "+" in m] + [f"{name}+{sel}" for name in runs.rankings for sel in selectors
+                                                 if get_method(name).selector != sel]
     for m in dict.fromkeys(wanted):
         name, sel = m.split("+", 1)
         if name not in runs.rankings:
             raise SystemExit(f"{m}: {name} is not a ranking of this run")
-        sense, sc = runs.rankings[name]
-        curves.append(curve_from_scores(graph, m, sc, sizes, selector=sel, absolute=sense == "effect"))
+        _, sc = runs.rankings[name]  # keep-sense scores are positive: |score| ranks them as the job does
+        curves.append(curve_from_scores(graph, m, sc, sizes, selector=sel))
     methods_s = round(time.perf_counter() - t0, 1)
     captured: list[Evaluation] = []
 
@@ -107,7 +110,7 @@ def bench_task(task: str, methods: tuple[str, ...], old: tuple[str, ...], select
         cis = {}
         for lv in RECOVERY_LEVELS:
             reach = np.where(fr[idx] >= lv, edges[:, None], np.inf).min(0)  # [R]
-            lo, hi = np.quantile(reach, [0.025, 0.975])
+            lo, hi = np.quantile(reach, [0.025, 0.975], method="nearest")
             cis[f"{lv:g}"] = [None if math.isinf(lo) else int(lo), None if math.isinf(hi) else int(hi)]
         row["edges_for_ci"] = cis
         rows.append(row)

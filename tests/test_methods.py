@@ -137,9 +137,10 @@ def test_acdc_budget_stops_at_a_reader_and_estimates(toy_ioi, tmp_path) -> None:
     free = get_method("acdc").run(ctx, Settings(thresholds=(0.01, 0.1)))
     roomy = get_method("acdc").run(ctx, Settings(thresholds=(0.01, 0.1), budget_s=1e6))
     assert [c.meta["label"] for c in roomy.circuits] == ["tau=0.01", "tau=0.1"]
+    a, b = roomy.circuits
     assert roomy.notes == [f"acdc: accumulated KL(full || C) on the train split: tau=0.01: "
-                           f"{roomy.circuits[0].meta['final_distance']:.4g} ({roomy.circuits[0].n_edges} edges), "
-                           f"tau=0.1: {roomy.circuits[1].meta['final_distance']:.4g} ({roomy.circuits[1].n_edges} edges)"]
+                           f"{a.meta['final_distance']:.4g} ({a.n_edges} edges), "
+                           f"tau=0.1: {b.meta['final_distance']:.4g} ({b.n_edges} edges)"]
     for a, b in zip(free.circuits, roomy.circuits, strict=True):
         assert torch.equal(a.mask, b.mask)
     ck = tmp_path / "search.json"
