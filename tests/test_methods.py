@@ -263,3 +263,23 @@ def test_edge_pruning_warm_start_follows_the_scores(toy_ioi) -> None:  # type: i
     assert "eap-ig-inputs:3:patch" in ctx.rankings
     cold = get_method("edge-pruning").run(ctx, Settings(ig_steps=3, train_steps=20))
     assert not torch.equal(cold.scores.scores, out.scores.scores)
+
+
+def test_edge_pruning_budget_is_a_deadline_after_its_plan(toy_ioi, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Steps that slow down after the plan (other jobs start) stop at the budget with a note, not at the planned
+    count."""
+    import sys
+
+    ep = sys.modules["acdc.methods.edge_pruning"]  # (the package exports a function of the same name)
+    g = Graph.from_model(toy_ioi)
+    data = get_task("ioi").build(toy_ioi, 16, split="train")
+    calls = {"n": 0}
+
+    def clock() -> float:  # 0.1 s a call for the first steps, then 100 s a call
+        calls["n"] += 1
+        return 0.1 * calls["n"] if calls["n"] <= 8 else 0.8 + 100.0 * (calls["n"] - 8)
+
+    monkeypatch.setattr(ep.time, "perf_counter", clock)
+    circuit, _, cost = ep.edge_pruning(toy_ioi, g, data, edges=20, steps=50, budget_s=30.0, progress=False)
+    assert circuit.meta["steps"] < 10
+    assert "stopped at the budget of 30 s" in cost.extra["budget_note"]

@@ -143,7 +143,7 @@ def edge_pruning(
             full_all = masked_forward_unchecked(arch, graph, clean_all, whole, valid.to(arch.dtype).unsqueeze(0),
                                                 at=mp.index)[0]
     bar = tqdm(total=steps, desc="edge pruning", disable=not progress, leave=False)
-    step, first_s, planned = 0, 0.0, False
+    step, first_s, planned, planned_at = 0, 0.0, False, 0
     plan_at = min(steps, max(3, steps // 20))  # steps timed before planning (the first one, with warm-up, apart)
     while step < steps:
         idx = torch.randperm(n, generator=gen)[: min(batch_size, n)]
@@ -183,6 +183,7 @@ def edge_pruning(
         elapsed = time.perf_counter() - t0
         if budget_s is not None and not planned and (step == plan_at or (step >= 2 and elapsed > budget_s / 4)):
             planned = True  # plan the steps that fit, once, early, from measured steps (the first one apart)
+            planned_at = step
             per = (elapsed - first_s) / max(1, step - 1)
             fit = max(step + 1, int((budget_s - first_s) / max(per, 1e-9)) + 1)
             if fit < steps:
@@ -191,7 +192,7 @@ def edge_pruning(
                 steps = fit
                 bar.total = steps
                 bar.refresh()
-        if budget_s is not None and planned and elapsed > budget_s and plan_at < step < steps:
+        if budget_s is not None and planned and elapsed > budget_s and planned_at < step < steps:
             # the plan is an estimate (a machine shared with other jobs slows later steps): the budget is a deadline
             cost.extra["budget_note"] = (f"edge-pruning: stopped at the budget of {budget_s:.0f} s after {step} "
                                          f"steps (planned {steps}; {elapsed / step:.2f} s per step)")
