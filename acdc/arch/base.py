@@ -70,6 +70,16 @@ def linear_heads(module: Any, n: int, d_out: int) -> tuple[torch.Tensor, torch.T
     return w.view(n, d_out, -1).transpose(1, 2), b.view(n, d_out)
 
 
+def gated_mlp(module: Any, d: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A gated MLP (``gate_proj``, ``up_proj``, ``down_proj``) as ``(W_in [d, 2 d_mlp] (gate columns, then up),
+    b_in, W_out [d_mlp, d], b_out)``, zeros standing in for missing biases."""
+    mlp = unwrap(module)
+    gate, bg = linear_heads(mlp.gate_proj, 1, mlp.gate_proj.out_features)
+    up, bu = linear_heads(mlp.up_proj, 1, mlp.up_proj.out_features)
+    down, bd = linear_heads(mlp.down_proj, 1, d)
+    return torch.cat([gate[0], up[0]], dim=-1), torch.cat([bg[0], bu[0]]), down[0], bd[0]
+
+
 def unembedding(module: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``W_U [d_model, V]`` and ``b_U [V]`` (None without a bias) of an ``lm_head`` Linear."""
     lm_head = unwrap(module)

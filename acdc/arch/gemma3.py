@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from acdc.arch.base import Arch, Norm, attention_fields, linear_heads, unembedding, unwrap
+from acdc.arch.base import Arch, Norm, attention_fields, gated_mlp, linear_heads, unembedding, unwrap
 from acdc.errors import UnsupportedArchitecture
 
 
@@ -84,14 +84,8 @@ def build(model: Any, name: str) -> Arch:
                     "implement")
             Wo.append(o.weight.detach().t().reshape(H, dh, d))
             bo.append(torch.zeros(d, dtype=o.weight.dtype, device=o.weight.device))
-            mlp = unwrap(block.mlp)
-            gate, bg = linear_heads(mlp.gate_proj, 1, mlp.gate_proj.out_features)
-            up, bu = linear_heads(mlp.up_proj, 1, mlp.up_proj.out_features)
-            W_in.append(torch.cat([gate[0], up[0]], dim=-1))
-            b_in.append(torch.cat([bg[0], bu[0]]))
-            down, bd = linear_heads(mlp.down_proj, 1, d)
-            W_out.append(down[0])
-            b_out.append(bd[0])
+            for out, t in zip((W_in, b_in, W_out, b_out), gated_mlp(block.mlp, d), strict=True):
+                out.append(t)
         # q is normalised per head after its projection, so the attention scale cannot be folded into W_Q
         attention = attention_fields(torch.stack(Wq), torch.stack(bq), torch.stack(Wk), torch.stack(bk),
                                      torch.stack(Wv), torch.stack(bv), torch.stack(Wo), torch.stack(bo))

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from acdc.arch.base import Arch, attention_fields, linear_heads, rms_norm, unembedding, unwrap
+from acdc.arch.base import Arch, attention_fields, gated_mlp, linear_heads, rms_norm, unembedding, unwrap
 from acdc.errors import UnsupportedArchitecture
 
 
@@ -33,7 +33,10 @@ def build(model: Any, name: str) -> Arch:
 
     with torch.no_grad():
         Wq, bq, Wk, bk, Wv, bv, Wo, bo = [], [], [], [], [], [], [], []
-        W_in, b_in, W_out, b_out = [], [], [], []
+        W_in: list[torch.Tensor] = []
+        b_in: list[torch.Tensor] = []
+        W_out: list[torch.Tensor] = []
+        b_out: list[torch.Tensor] = []
         for block in layers:
             a = unwrap(block.self_attn)
             scale = float(getattr(a, "scaling", dh**-0.5))
@@ -50,14 +53,8 @@ def build(model: Any, name: str) -> Arch:
             Wo.append(o.weight.detach().t().reshape(H, dh, d))
             bo.append(o.bias.detach() if o.bias is not None else torch.zeros(d, dtype=o.weight.dtype,
                                                                              device=o.weight.device))
-            mlp = unwrap(block.mlp)
-            gate, bg = linear_heads(mlp.gate_proj, 1, mlp.gate_proj.out_features)
-            up, bu = linear_heads(mlp.up_proj, 1, mlp.up_proj.out_features)
-            W_in.append(torch.cat([gate[0], up[0]], dim=-1))
-            b_in.append(torch.cat([bg[0], bu[0]]))
-            down, bd = linear_heads(mlp.down_proj, 1, d)
-            W_out.append(down[0])
-            b_out.append(bd[0])
+            for out, t in zip((W_in, b_in, W_out, b_out), gated_mlp(block.mlp, d), strict=True):
+                out.append(t)
         attention = attention_fields(torch.stack(Wq), torch.stack(bq), torch.stack(Wk), torch.stack(bk),
                                      torch.stack(Wv), torch.stack(bv), torch.stack(Wo), torch.stack(bo))
     norms1 = [rms_norm(b.input_layernorm) for b in layers]
