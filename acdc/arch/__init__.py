@@ -4,7 +4,8 @@ The masked forward does not run the model through TransformerLens's per-head hoo
 ``[batch, pos, heads, d_head, d_model]`` intermediates and made a GPT-2-small-sized model 5x slower forward and 14x
 slower forward+backward here. Instead it reads the bridge's weights once (``W_Q``/``W_K``/``W_V``/``W_O`` in
 TransformerLens convention, the Hugging Face norm/MLP/embedding modules the bridge wraps) and computes each head
-itself. Two families are implemented: GPT-2 (layer norm, learned positions, GELU MLP) and Llama/Qwen2 (RMSNorm,
+itself. Three families are implemented: GPT-2 (layer norm, learned positions, GELU MLP), Gemma 3 (acdc/arch/gemma3.py:
+post-normed attention and MLP, per-head q/k norms, sliding windows) and Llama/Qwen2 (RMSNorm,
 rotary positions applied to q and k inside :meth:`Arch.attention`, gated SiLU MLP, grouped-query attention whose
 key/value heads are computed once per group and shared by its query heads). Everything is held as detached
 tensors, so no gradient is ever accumulated on the weights, and read from the unwrapped Hugging Face modules (the
