@@ -51,3 +51,13 @@ def read_json(path: str | Path, what: str = "file") -> Any:
         raise CircuitFileError(f"no {what} at {p}") from e
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CircuitFileError(f"{p} is not valid JSON: {e}") from e
+
+
+def file_inside(folder: Path, name: Any) -> Path | None:
+    """``folder/name`` if ``name`` is a relative path to a file inside ``folder``; else None."""
+    if not isinstance(name, str) or not name:
+        return None
+    path = (folder / name).resolve()
+    if not path.is_relative_to(folder.resolve()) or not path.is_file():
+        return None
+    return path

@@ -21,7 +21,7 @@ from typing import Any
 
 from acdc.errors import InputError
 from acdc.export.view import view_data
-from acdc.io import atomic_write_text
+from acdc.io import atomic_write_text, file_inside
 from acdc.summary import RUN_FORMAT as SUMMARY_FORMAT
 
 _ASSETS = Path(__file__).parent / "assets"
@@ -406,7 +406,7 @@ def _data_table(data: dict[str, Any]) -> str:
 def _image(folder: Path, svg: Any, png: Any, alt: str) -> str:
     """An ``<img>`` with the image inlined as a data URI (SVG preferred, PNG as fallback), or a "not available"."""
     for name in (svg, png):
-        path = _resolve(folder, name)
+        path = file_inside(folder, name)
         if path is None:
             continue
         try:
@@ -420,18 +420,8 @@ def _image(folder: Path, svg: Any, png: Any, alt: str) -> str:
     return _na("Image", f"missing {wanted}" if wanted else "summary.json names no image file")
 
 
-def _resolve(folder: Path, name: Any) -> Path | None:
-    """``folder/name`` if ``name`` is a relative path to a file inside ``folder``; else None."""
-    if not isinstance(name, str) or not name:
-        return None
-    path = (folder / name).resolve()
-    if not path.is_relative_to(folder.resolve()) or not path.is_file():
-        return None
-    return path
-
-
 def _exists(folder: Path, name: Any) -> bool:
-    return _resolve(folder, name) is not None
+    return file_inside(folder, name) is not None
 
 
 def _table(headers: list[str], rows: list[list[str]], numeric: Collection[int] = (), cls: str = "") -> str:

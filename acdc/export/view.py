@@ -36,6 +36,7 @@ import torch
 
 from acdc.errors import AcdcError
 from acdc.graph import Circuit, Graph, prune_dangling
+from acdc.io import file_inside
 
 VIEW_FORMAT = "acdc-view/1"
 
@@ -181,7 +182,7 @@ def _graph(summary: dict[str, Any], folder: Path) -> Graph | None:
 
 def _read_signature(folder: Path, name: Any) -> dict[str, Any] | None:
     """The ``graph`` entry of a circuit file, read without parsing its (possibly large) edge lists twice."""
-    path = _inside(folder, name)
+    path = file_inside(folder, name)
     if path is None:
         return None
     try:
@@ -233,23 +234,13 @@ def _methods(summary: dict[str, Any], folder: Path, graph: Graph, omitted: list[
 
 
 def _load(folder: Path, name: Any, graph: Graph) -> Circuit | None:
-    path = _inside(folder, name)
+    path = file_inside(folder, name)
     if path is None:
         return None
     try:
         return Circuit.load(path, graph)
     except (AcdcError, OSError):
         return None
-
-
-def _inside(folder: Path, name: Any) -> Path | None:
-    """``folder/name`` if ``name`` is a relative path to a file inside ``folder``; else None."""
-    if not isinstance(name, str) or not name:
-        return None
-    path = (folder / name).resolve()
-    if not path.is_relative_to(folder.resolve()) or not path.is_file():
-        return None
-    return path
 
 
 # ---- what to embed per method ---------------------------------------------------------------------------------------
