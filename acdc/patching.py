@@ -247,9 +247,13 @@ class _Mix(torch.autograd.Function):
             grad_masks = torch.stack([delta[:, k].reshape(U, -1) @ g[:, k].t() for k in range(K)])
         grads_chunks: list[torch.Tensor | None] = [None] * len(ctx.sizes)
         if any(ctx.needs_input_grad[4:]):
-            gd = torch.empty(U, K, g.shape[-1], dtype=g.dtype, device=g.device)
-            for k in range(K):
-                gd[:, k] = masks[k] @ g[:, k]
+            if K == 1:  # one product, no copy into a preallocated [U, K, ...] buffer
+                gd = (masks[0] @ g[:, 0]).unsqueeze(1)
+            else:
+                gd = torch.empty(U, K, g.shape[-1], dtype=g.dtype, device=g.device)
+                for k in range(K):
+                    torch.mm(masks[k], g[:, k], out=gd[:, k]) if gd[:, k].is_contiguous() else \
+                        gd[:, k].copy_(masks[k] @ g[:, k])
             parts = gd.split(ctx.sizes, dim=0)
             grads_chunks = [p.reshape(s) if need else None
                             for p, s, need in zip(parts, ctx.chunk_shapes, ctx.needs_input_grad[4:], strict=True)]

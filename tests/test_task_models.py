@@ -156,6 +156,16 @@ def test_written_for_matches_every_spelling_of_a_model(tmp_path, monkeypatch, mo
         body = d.clean[:, 1:]
         assert d.info["dataset"] == dataset
         assert bool(((body >= 10) & (body < 30)).all()) == in_range, spec
+    # so does a per-model default n (an explicit n still wins); other models keep defaults.n
+    t = task_from_text(IDENT.replace("ENTRY", "./smol/").replace("token_range: [10, 30]", "n: 5")
+                       + "defaults: {n: 7}\n", tmp_path)
+    for spec, n_default in [("~/smol", 5), ("other", 7), (None, 7)]:
+        monkeypatch.setattr(model, "acdc_spec", spec, raising=False)
+        assert t.default_n(spec) == n_default
+        assert len(t.build(model)) == n_default, spec
+        assert len(t.build(model, 3)) == 3, spec
+    with pytest.raises(TaskFileError, match="n"):
+        task_from_text(IDENT.replace("token_range: [10, 30]", "n: 0"), tmp_path)
     from acdc.task.identity import canonical_model_spec
 
     assert {canonical_model_spec(s) for s in spellings} == {str((home / "smol").resolve())}

@@ -97,7 +97,8 @@ def edge_pruning(
     Bhaskar et al. 2024); return the circuit of exactly ``edges`` edges (or ``fraction`` of all edges) after
     dangling-edge removal, the learned ``log alpha`` (as scores, larger = keep) and the cost.
 
-    Sparsity target ramps linearly from 0 to the requested sparsity over the first half of training; the multipliers
+    Sparsity target ramps linearly from the start's expected sparsity (0 by default) to the requested sparsity over
+    the first half of training; the multipliers
     of ``λ1 (s - t) + λ2 (s - t)^2`` are trained by gradient ascent. Deterministic for a seed. With ``budget_s``, the
     number of steps is cut to what fits, planned once after the first 5% of the steps (at least 3), or as soon as a
     quarter of the budget is spent, from their measured time,
@@ -125,6 +126,12 @@ def edge_pruning(
         log_alpha = torch.full((graph.n_src, graph.n_dst), INIT_HIGH, dtype=torch.float32, device=arch.device)
     log_alpha.requires_grad_(True)
     lambdas = torch.zeros(2, dtype=torch.float32, device=arch.device, requires_grad=True)
+    # The sparsity target ramps from where the masks start: 0 for the default start (every edge kept), the warm
+    # start's own expected sparsity otherwise (ramping from 0 would first push a warm start back to keeping edges).
+    start = 0.0
+    if init is not None:
+        with torch.no_grad():
+            start = min(target, max(0.0, 1.0 - float(expected_kept(log_alpha)[valid].sum()) / n_valid))
     opt = torch.optim.Adam([log_alpha], lr=lr)
     opt_l = torch.optim.Adam([lambdas], lr=lr, maximize=True)
     cost = SearchCost()
@@ -165,7 +172,7 @@ def edge_pruning(
             kl = kl_divergence(logits, full, sub.positions).mean()
             expected = expected_kept(log_alpha)[valid].sum()
             sparsity = 1.0 - expected / n_valid
-            t = target * min(1.0, step / max(1, steps // 2))
+            t = start + (target - start) * min(1.0, step / max(1, steps // 2))
             gap = sparsity - t
             loss = kl + lambdas[0] * gap + lambdas[1] * gap * gap
             opt.zero_grad()

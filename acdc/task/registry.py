@@ -114,6 +114,14 @@ class Task:
                 return m.dataset
         return self.spec.default_dataset_name
 
+    def default_n(self, model_spec: str | None) -> int:
+        """Prompts per split when none is asked: the first ``written_for`` entry naming the model with an ``n``,
+        else ``defaults.n``."""
+        for m in written_for_entries(self.spec.models, model_spec):
+            if m.n is not None:
+                return m.n
+        return self.spec.defaults.n
+
     def build(
         self,
         model: Any,
@@ -128,8 +136,8 @@ class Task:
 
         Args:
             model: a loaded model (its ``tokenizer`` and ``cfg`` are used).
-            n: number of pairs (default: the task's ``defaults.n``; for a file of pairs, at most what the split
-                holds).
+            n: number of pairs (default: the ``n`` of the task's ``written_for`` entry for this model, else the task's
+                ``defaults.n``; for a file of pairs, at most what the split holds).
             seed: generator seed (default: the task's ``defaults.seed``).
             split: ``train``, ``validation`` or ``test``.
             counterfactual: a rule name from ``counterfactuals`` (default: ``default_counterfactual``).
@@ -146,7 +154,7 @@ class Task:
         ds = datasets[dname]
         seed = spec.defaults.seed if seed is None else int(seed)
         explicit_n = n is not None
-        n = spec.defaults.n if n is None else int(n)
+        n = self.default_n(model_spec) if n is None else int(n)
         if n < 1:
             raise InputError(f"need at least one prompt, got n={n}")
         rule: Counterfactual | None = None

@@ -47,6 +47,9 @@ class ModelEntry(_Strict):
     """Which of ``datasets`` to build for this model (default: ``default_dataset``)."""
     token_range: tuple[int, int] | None = None
     """For repeated_tokens datasets: the token id range [lo, hi) to sample from for this model."""
+    n: int | None = Field(default=None, ge=1)
+    """Prompts per split for this model when none is asked (default: ``defaults.n``): a real model's forward costs
+    seconds on a CPU, so its default can be smaller than a toy model's."""
 
 
 class Models(_Strict):
