@@ -9,6 +9,7 @@ import torch
 import acdc.methods.acdc as search_mod
 from acdc import Graph, get_task
 from acdc.errors import InputError
+from acdc.graph import Circuit, prune_dangling
 from acdc.methods import acdc_search
 
 
@@ -262,3 +263,32 @@ def test_reference_order_equals_its_restatement(tiny64):
     assert bounded.n_edges > dflt.n_edges
     with pytest.raises(InputError, match="unknown visiting order"):
         acdc_search(tiny64, g, data, tau, order="random", progress=False)
+
+
+def test_hybrid_group_refinement(toy_ioi):
+    """Refinement by groups keeps the target (checked by the evaluator) and ends inside the bisection's circuit;
+    with groups of one that never grow it is the one-edge-at-a-time
+    greedy removal, i.e. the engine's refinement."""
+    from acdc.evaluate import evaluate_circuits
+    from acdc.methods import hybrid_search
+    from acdc.methods.hybrid import remove_in_groups
+
+    g = Graph.from_model(toy_ioi)
+    data = get_task("ioi").build(toy_ioi, 48, seed=0)
+    c, cost = hybrid_search(toy_ioi, g, data, target=0.85, groups=True, progress=False)
+    f = evaluate_circuits(toy_ioi, g, data, [c])[0]["faithfulness"]
+    assert f >= 0.85 - 1e-6 and c.n_edges < cost.extra["size_before_refine"], (f, c.n_edges)
+    assert cost.extra["group_evaluations"] > 0
+    per_edge, _ = hybrid_search(toy_ioi, g, data, target=0.85, groups=False, progress=False)
+    # the same search one edge at a time, restated on remove_in_groups with whole-circuit evaluations
+    start = hybrid_search(toy_ioi, g, data, target=0.85, refine=False, progress=False)[0]
+    key = start.scores.abs()
+    order = sorted(start.mask.nonzero().tolist(), key=lambda e: float(key[e[0], e[1]]))
+
+    def faith(m):
+        return evaluate_circuits(toy_ioi, g, data, [Circuit(g, m)])[0]["faithfulness"]
+
+    mask, _, decided, n_eval = remove_in_groups(start.mask, [tuple(e) for e in order], faith, 0.85,
+                                                faith(start.mask), first=1, grow=False)
+    assert decided == n_eval == len(order)
+    assert torch.equal(prune_dangling(g, mask), per_edge.mask)
