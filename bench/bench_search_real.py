@@ -1,7 +1,7 @@
 """Edge pruning and the hybrid on a real model: wall time, steps, and the test faithfulness of what they find.
 
     python bench/bench_search_real.py edge-pruning [--model zoo:smollm2-135m-instruct] [--task ioi] [--n 64]
-        [--edges 1000] [--steps 300] [--batch 8] [--lr 0.1] [--warm] [--out FILE.json]
+        [--edges 1000] [--steps 300] [--batch B] [--lr R] [--warm] [--out FILE.json]
     python bench/bench_search_real.py hybrid [--target 0.8] [--budget 900] [--out FILE.json]
 
 Edge pruning trains masks for ``--edges`` edges on the train split and every edge is ranked by its learned keep
@@ -28,8 +28,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--edges", type=int, default=1000)
     ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--batch", type=int, default=None, help="prompts per step [the schedule for the graph]")
+    ap.add_argument("--lr", type=float, default=None, help="learning rate [the schedule for the graph]")
     ap.add_argument("--warm", action="store_true", help="start log alpha from the EAP-IG scores")
     ap.add_argument("--target", type=float, default=0.8)
     ap.add_argument("--budget", type=float, default=None)
@@ -69,7 +69,8 @@ def main() -> None:
         steps = c.meta["steps"]
         result["edge_pruning"] = {"seconds": secs, "steps": steps, "per_step_s": secs / steps,
                                   "bare_forwards": secs / bare, **cost.as_dict()}
-        print(f"edge pruning: {steps} steps of {args.batch} prompts in {secs:.0f} s ({secs / steps:.2f} s a step, "
+        print(f"edge pruning: {steps} steps of {c.meta['batch_size']} prompts (rate {c.meta['lr']:g}) in "
+              f"{secs:.0f} s ({secs / steps:.2f} s a step, "
               f"{secs / bare:.0f} bare forwards)", flush=True)
         curves.append(curve_from_scores(graph, "edge-pruning" + ("-warm" if args.warm else ""),
                                         torch.sigmoid(log_alpha) * graph.valid, sizes))

@@ -58,6 +58,19 @@ def warm_init(graph: Graph, scores: torch.Tensor) -> torch.Tensor:
     return (INIT_LOW + (INIT_HIGH - INIT_LOW) * norm).masked_fill(~graph.valid, INIT_LOW)
 
 
+LARGE_GRAPH = 10_000  # edges above which the large-graph schedule applies
+
+
+def schedule(graph: Graph) -> tuple[int, float]:
+    """The default (prompts per step, learning rate of log alpha) for ``graph``: (32, 0.1) up to
+    :data:`LARGE_GRAPH` edges, (8, 0.3) above. Measured (README, "Edge pruning at real scale"): on SmolLM2-135M
+    (70,651 edges) a step of 8 prompts takes 2.3 s against 12 s for 32 on 2 cores, and with 300 steps the masks
+    starting at log alpha 3 only come down to the target with the larger rate (f >= 0.9 at 10,988 edges on test
+    with 0.3; 0.76 there with 0.1); on the zoo's ~110-edge graphs the rate 0.3 overshoots (toy IOI f at 40 edges
+    0.72 against 0.92) and a step is cheap anyway."""
+    return (8, 0.3) if graph.n_edges > LARGE_GRAPH else (32, 0.1)
+
+
 PRECOMPUTE_BYTES = 2 * 2**30  # the ablated run and the reference logits for all prompts are kept below this
 
 
@@ -86,8 +99,8 @@ def edge_pruning(
     fraction: float | None = None,
     ablation: str = "patch",
     steps: int = 300,
-    lr: float = 0.1,
-    batch_size: int = 32,
+    lr: float | None = None,
+    batch_size: int | None = None,
     seed: int = 0,
     budget_s: float | None = None,
     progress: bool = True,
@@ -103,6 +116,8 @@ def edge_pruning(
     number of steps is cut to what fits, planned once after the first 5% of the steps (at least 3), or as soon as a
     quarter of the budget is spent, from their measured time,
     and the schedule follows the new count; ``cost.extra["budget_note"]`` says so.
+    ``batch_size`` (prompts per step) and ``lr`` (Adam's rate for log alpha and the multipliers) default to
+    :func:`schedule`'s choice for the graph's size.
     ``init``: the starting ``log alpha`` of every edge ``[n_src, n_dst]`` (default 3.0 everywhere: every edge
     starts almost surely kept); :func:`warm_init` makes one from an attribution ranking.
     """
@@ -115,6 +130,9 @@ def edge_pruning(
         raise InputError(f"the target size must be between 1 and {graph.n_edges} edges, got {n_target}")
     arch = get_arch(model)
     check_graph(graph, arch)
+    auto_batch, auto_lr = schedule(graph)
+    batch_size = auto_batch if batch_size is None else batch_size
+    lr = auto_lr if lr is None else lr
     gen = torch.Generator().manual_seed(seed)
     valid = graph.valid.to(arch.device)
     n_valid = graph.n_edges
@@ -209,7 +227,8 @@ def edge_pruning(
     mask = exact_size(graph, scores.masked_fill(~graph.valid, float("-inf")), n_target)
     cost.seconds = time.perf_counter() - t0
     circuit = Circuit(graph, mask, scores=scores, meta={"method": "edge-pruning", "requested_edges": n_target,
-                                                         "seed": seed, "steps": steps, **cost.as_dict()})
+                                                         "seed": seed, "steps": steps, "batch_size": batch_size,
+                                                         "lr": lr, **cost.as_dict()})
     return circuit, scores, cost
 
 
@@ -236,7 +255,8 @@ def _run(ctx: Context, s: Settings, *, warm: bool = False) -> Outcome:
     scores = EdgeScores(ctx.graph, keep, name, meta={"ranking": "keep probability sigmoid(log alpha)",
                                                     "requested_edges": n, "steps": steps,
                                                     **({"warm_start": WARM_FROM} if warm else {})})
-    notes = [f"{name}: masks trained for {n} edges ({steps} steps"
+    notes = [f"{name}: masks trained for {n} edges ({steps} steps of {circuit.meta['batch_size']} prompts, "
+             f"rate {circuit.meta['lr']:g}"
              + (f", log alpha started from the normalised {WARM_FROM} scores" if warm else "")
              + "); the curve ranks every edge by its learned keep probability sigmoid(log alpha)"]
     if "budget_note" in cost.extra:
