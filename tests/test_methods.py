@@ -283,3 +283,21 @@ def test_edge_pruning_budget_is_a_deadline_after_its_plan(toy_ioi, monkeypatch) 
     circuit, _, cost = ep.edge_pruning(toy_ioi, g, data, edges=20, steps=50, budget_s=30.0, progress=False)
     assert circuit.meta["steps"] < 10
     assert "stopped at the budget of 30 s" in cost.extra["budget_note"]
+
+
+def test_edge_pruning_schedule_by_graph_size(toy_ioi) -> None:  # type: ignore[no-untyped-def]
+    """32 prompts a step at rate 0.1 on the zoo's graphs, 8 at 0.3 above LARGE_GRAPH edges; an explicit batch or
+    rate wins; the circuit records what was used."""
+    from types import SimpleNamespace
+
+    from acdc.methods.edge_pruning import LARGE_GRAPH, edge_pruning, schedule
+
+    g = Graph.from_model(toy_ioi)
+    assert schedule(g) == (32, 0.1)
+    assert schedule(SimpleNamespace(n_edges=LARGE_GRAPH)) == (32, 0.1)  # type: ignore[arg-type]
+    assert schedule(SimpleNamespace(n_edges=LARGE_GRAPH + 1)) == (8, 0.3)  # type: ignore[arg-type]
+    data = get_task("ioi").build(toy_ioi, 16, split="train")
+    c, _, _ = edge_pruning(toy_ioi, g, data, edges=20, steps=2, progress=False)
+    assert (c.meta["batch_size"], c.meta["lr"]) == (32, 0.1)
+    c, _, _ = edge_pruning(toy_ioi, g, data, edges=20, steps=2, batch_size=4, lr=0.05, progress=False)
+    assert (c.meta["batch_size"], c.meta["lr"]) == (4, 0.05)
