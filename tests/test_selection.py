@@ -126,6 +126,21 @@ def test_ilp_falls_back_to_greedy_where_too_large():
         ordered_circuits(g, s, [3], selector="threshold")
 
 
+def test_ilp_falls_back_at_its_time_limit():
+    """A solver stopped by its time limit without a proven optimum: the circuit is greedy's, or the solver's best
+    one where its total is higher; either way not optimal, a dangling-free circuit, at least greedy's total."""
+    g = Graph.from_config(3, 4)
+    s = torch.randn(g.n_src, g.n_dst, generator=torch.Generator().manual_seed(1), dtype=torch.float64).pow(3) * g.valid
+    c = ilp(g, s, 25, time_limit=1e-9)
+    gr = greedy(g, s, 25)
+    assert not c.meta["optimal"] and "stopped without a proven optimum" in c.meta["fallback"]
+    assert torch.equal(prune_dangling(g, c.mask), c.mask)
+    assert _total(g, s, c.mask) >= _total(g, s, gr.mask) - 1e-9
+    if "greedy circuit" in c.meta["fallback"]:
+        assert torch.equal(c.mask, gr.mask)
+    assert ilp(g, s, 25).meta["optimal"]  # the same program with time to finish is solved
+
+
 # ---- bootstrap-stable edges ---------------------------------------------------------------------------------------
 def test_stability_recovers_a_planted_edge_set():
     """Planted edges have a moderate score on every chunk of prompts; each distractor a huge score on one chunk and
