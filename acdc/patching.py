@@ -252,8 +252,7 @@ class _Mix(torch.autograd.Function):
             else:
                 gd = torch.empty(U, K, g.shape[-1], dtype=g.dtype, device=g.device)
                 for k in range(K):
-                    torch.mm(masks[k], g[:, k], out=gd[:, k]) if gd[:, k].is_contiguous() else \
-                        gd[:, k].copy_(masks[k] @ g[:, k])
+                    gd[:, k] = masks[k] @ g[:, k]
             parts = gd.split(ctx.sizes, dim=0)
             grads_chunks = [p.reshape(s) if need else None
                             for p, s, need in zip(parts, ctx.chunk_shapes, ctx.needs_input_grad[4:], strict=True)]

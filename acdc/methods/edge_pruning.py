@@ -63,11 +63,11 @@ LARGE_GRAPH = 10_000  # edges above which the large-graph schedule applies
 
 def schedule(graph: Graph) -> tuple[int, float]:
     """The default (prompts per step, learning rate of log alpha) for ``graph``: (32, 0.1) up to
-    :data:`LARGE_GRAPH` edges, (8, 0.3) above. Measured (README, "Edge pruning at real scale"): on SmolLM2-135M
-    (70,651 edges) a step of 8 prompts takes 2.3 s against 12 s for 32 on 2 cores, and with 300 steps the masks
-    starting at log alpha 3 only come down to the target with the larger rate (f >= 0.9 at 10,988 edges on test
-    with 0.3; 0.76 there with 0.1); on the zoo's ~110-edge graphs the rate 0.3 overshoots (toy IOI f at 40 edges
-    0.72 against 0.92) and a step is cheap anyway."""
+    :data:`LARGE_GRAPH` edges, (8, 0.3) above. Measured (README, "Edge pruning and the hybrid at real scale"): on
+    SmolLM2-135M (70,651 edges) a step of 8 prompts takes 2.3 s against 12 s for 32 on 2 cores, and with 300 steps
+    the masks starting at log alpha 3 only come down to the target with the larger rate (f >= 0.9 at 10,988 edges
+    on test with 0.3; 0.76 there with 0.1); on the zoo's ~110-edge graphs the rate 0.3 overshoots (toy IOI f at 40
+    edges 0.72 against 0.92) and a step is cheap anyway."""
     return (8, 0.3) if graph.n_edges > LARGE_GRAPH else (32, 0.1)
 
 
