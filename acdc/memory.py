@@ -63,7 +63,7 @@ MASK_IG_READERS = 1.6  # mask-ig: reader inputs kept for autograd through the ma
 EXACT_WRITERS = 2.6  # exact: [S, K, B, P, d] writer stores of K masks, with the per-layer transients
 EXACT_LOGITS = 2.9  # exact: [K, B, P, V] logits of consecutive passes
 # the first pass of every gradient method is EAP's; EAP-IG's later passes hold no more, the other two slightly more
-EXTRA_WRITER_COPIES = {"eap": 0.0, "eap-ig-inputs": 0.0, "eap-ig": 0.0, "clean-corrupted": 0.5,
+EXTRA_WRITER_COPIES = {"eap": 0.0, "relp": 0.0, "eap-ig-inputs": 0.0, "eap-ig": 0.0, "clean-corrupted": 0.5,
                        "eap-ig-activations": 1.0, "mask-ig": 0.0, "exact": 0.0, "acdc": 0.0}
 ACDC_STATE = 2.0  # acdc (the fast search's engine): [S + L·(R + 1) + 1, B, P, d] deltas and reader inputs, twice:
 # the first pass (and a candidate that reaches every node) holds its new values beside the state until they are kept
@@ -343,7 +343,7 @@ def batch_for_budget(
 # the memory model each registered method's peak follows (methods outside this table are planned as mask-ig, the
 # largest gradient method: differentiating the masked forward)
 METHOD_MODELS: dict[str, tuple[str, ...]] = {
-    "eap": ("eap",), "eap-ig": ("eap-ig-inputs",), "eap-ig-inputs": ("eap-ig-inputs",),
+    "eap": ("eap",), "relp": ("eap",), "eap-ig": ("eap-ig-inputs",), "eap-ig-inputs": ("eap-ig-inputs",),
     "eap-ig-midpoint": ("eap-ig-inputs",), "eap-ig-activations": ("eap-ig-activations",),
     "clean-corrupted": ("clean-corrupted",), "mask-ig": ("mask-ig",), "exact": ("exact",),
     "eap-ig-left": ("eap-ig-inputs",), "eap-ig-ilp": ("eap-ig-inputs",), "eap-ig-stable": ("eap-ig-inputs",),

@@ -8,8 +8,13 @@ swept by acdc.pareto.sweep (the one evaluator, acdc.evaluate), and the intervals
 that sweep evaluated (acdc.evaluate.resample_weights, as faithfulness_ci does). f is capped at 1 where a frontier is
 compared (min(f, 1): a circuit cannot recover more than all of the behaviour).
 
-    python bench/bench_quality.py [--tasks ioi,induction] [--train 64] [--test 200] [--bootstrap 1000]
-        [--methods M1,M2,...] [--old M1,M2,...] [--selectors ilp] [--per-decade 6] [--out DIR]
+    python bench/bench_quality.py [--tasks ioi,induction] [--model SPEC] [--train 64] [--test 200]
+        [--bootstrap 1000] [--methods M1,M2,...] [--old M1,M2,...] [--selectors ilp] [--per-decade 6]
+        [--seeds 0,1,2] [--budgets 10,15,20,30,40,60] [--out DIR]
+
+With several ``--seeds`` every task is run once per prompt seed (train and test prompts drawn anew) and a last table
+gives each method's CPR and edges for f >= 0.8 / 0.9 per seed, with their mean: differences between methods smaller
+than the spread over seeds are not differences.
 
 A method name with ``+SELECTOR`` (e.g. ``eap-ig-left+ilp``) sweeps that ranking with another selector
 (acdc.selection.ordered_circuits); ``--selectors ilp`` adds such a curve for every ranking.
@@ -57,9 +62,9 @@ def _quantiles(x: np.ndarray) -> list[float]:
 
 
 def bench_task(task: str, methods: tuple[str, ...], old: tuple[str, ...], selectors: tuple[str, ...], *,
-               n_train: int, n_test: int, n_boot: int, budget_s: float, seed: int | None, per_decade: int = 6
-               ) -> dict[str, Any]:
-    prep = prepare(task, None, splits=("train",), n=n_train, seed=seed)
+               n_train: int, n_test: int, n_boot: int, budget_s: float, seed: int | None, per_decade: int = 6,
+               model: str | None = None, budget_edges: tuple[int, ...] = BUDGETS) -> dict[str, Any]:
+    prep = prepare(task, model, splits=("train",), n=n_train, seed=seed)
     if prep.ablation != "patch":  # clean-corrupted takes gradients on the counterfactual run: patch ablation only
         methods = tuple(m for m in methods if m.split("+")[0] != "clean-corrupted")
     plain = tuple(dict.fromkeys(m.split("+")[0] for m in methods))
@@ -130,7 +135,7 @@ def bench_task(task: str, methods: tuple[str, ...], old: tuple[str, ...], select
     old_names = {m for m in all_names if m in old}
     capped = np.minimum(fr, 1.0)
     budgets = []
-    for b in BUDGETS:
+    for b in budget_edges:
         a, o = best(all_names, b), best(old_names, b)
         if a is None or o is None:
             continue
@@ -141,7 +146,7 @@ def bench_task(task: str, methods: tuple[str, ...], old: tuple[str, ...], select
                                 "f_ci": _quantiles(capped[o[0]])},
                         "difference": float(min(f0[a[0]], 1.0) - min(f0[o[0]], 1.0)),
                         "difference_ci": _quantiles(capped[a[0]] - capped[o[0]])})
-    return {"task": task, "model": prep.spec, "n_train": n_train, "n_test": n_test, "bootstrap": n_boot,
+    return {"task": task, "model": prep.spec, "seed": prep.seed, "n_train": n_train, "n_test": n_test, "bootstrap": n_boot,
             "edges_total": graph.n_edges, "old_methods": sorted(old_names), "methods_s": methods_s,
             "seconds": runs.seconds, "notes": runs.notes, "rows": rows, "budgets": budgets,
             "frontier": doc["frontier"], "pareto": doc}
@@ -154,8 +159,8 @@ def _ci(ci: list[Any] | None, fmt: str = "{:.3f}") -> str:
 
 
 def print_task(r: dict[str, Any]) -> None:
-    print(f"\n### {r['task']} on {r['model']}: {r['edges_total']} edges, {r['n_train']} train / {r['n_test']} test "
-          f"prompts, {r['bootstrap']} bootstrap resamples")
+    print(f"\n### {r['task']} on {r['model']} (prompt seed {r['seed']}): {r['edges_total']} edges, {r['n_train']} "
+          f"train / {r['n_test']} test prompts, {r['bootstrap']} bootstrap resamples")
     print("\n| method | CPR [95% CI] | CMD [95% CI] | edges for f>=0.8 | f>=0.9 | f>=0.99 |")
     print("|---|---|---|---|---|---|")
     for row in r["rows"]:
@@ -185,21 +190,50 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=200)
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--budget", type=float, default=300.0, help="seconds per search method")
-    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=None, help="one prompt seed (default: the task's)")
+    ap.add_argument("--seeds", default="", help="several prompt seeds, e.g. 0,1,2,3,4 (overrides --seed)")
+    ap.add_argument("--model", default=None, help="model spec (default: the task's)")
+    ap.add_argument("--budgets", default=",".join(map(str, BUDGETS)), help="edge budgets of the frontier table")
     ap.add_argument("--per-decade", type=int, default=6, help="sizes per factor of ten on the curves' log grid")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="folder for <task>.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     split = lambda s: tuple(x.strip() for x in s.split(",") if x.strip())  # noqa: E731
+    seeds: list[int | None] = [int(x) for x in split(args.seeds)] or [args.seed]
+    budgets = tuple(int(x) for x in split(args.budgets))
     for task in split(args.tasks):
-        r = bench_task(task, split(args.methods), split(args.old), split(args.selectors), n_train=args.train,
-                       n_test=args.test, n_boot=args.bootstrap, budget_s=args.budget, seed=args.seed,
-                       per_decade=args.per_decade)
-        print_task(r)
-        if args.out:
-            Path(args.out).mkdir(parents=True, exist_ok=True)
-            (Path(args.out) / f"{task}.json").write_text(json.dumps(r, indent=1, default=float))
+        results = []
+        for seed in seeds:
+            r = bench_task(task, split(args.methods), split(args.old), split(args.selectors), n_train=args.train,
+                           n_test=args.test, n_boot=args.bootstrap, budget_s=args.budget, seed=seed,
+                           per_decade=args.per_decade, model=args.model, budget_edges=budgets)
+            print_task(r)
+            results.append(r)
+            if args.out:
+                Path(args.out).mkdir(parents=True, exist_ok=True)
+                name = f"{task}.json" if len(seeds) == 1 else f"{task}-seed{r['seed']}.json"
+                (Path(args.out) / name).write_text(json.dumps(r, indent=1, default=float))
+        if len(results) > 1:
+            print_seeds(results)
+
+
+def print_seeds(results: list[dict[str, Any]]) -> None:
+    """Each method's CPR and edges for f >= 0.8 / 0.9 on every seed, and their means."""
+    seeds = [r["seed"] for r in results]
+    print(f"\n### {results[0]['task']} on {results[0]['model']} over prompt seeds {', '.join(map(str, seeds))}")
+    print("\n| method | CPR per seed | mean CPR | edges for f>=0.8 per seed | f>=0.9 per seed |")
+    print("|---|---|---|---|---|")
+    methods = list(dict.fromkeys(row["method"] for r in results for row in r["rows"]))
+    for m in methods:
+        rows = [next((row for row in r["rows"] if row["method"] == m), None) for r in results]
+        cprs = [None if row is None else row["cpr"] for row in rows]
+        known = [c for c in cprs if c is not None]
+        mean = f"{sum(known) / len(known):.3f}" if known else "n/a"
+        need = {lv: ["-" if row is None or row["edges_for"][lv] is None else str(row["edges_for"][lv]) for row in rows]
+                for lv in ("0.8", "0.9")}
+        print(f"| {m} | {' / '.join('n/a' if c is None else f'{c:.3f}' for c in cprs)} | {mean} | "
+              f"{' / '.join(need['0.8'])} | {' / '.join(need['0.9'])} |")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +54,50 @@ def rms_norm(module: Any) -> tuple[Norm, tuple[torch.Tensor, torch.Tensor, float
         return F.rms_norm(x, shape, w, eps)
 
     return f, (w, torch.zeros_like(w), eps)
+
+
+NormParams = tuple[torch.Tensor, torch.Tensor, float]
+
+
+# ---- the propagation rules of relevance patching (RelP) -------------------------------------------------------------
+# Each rule keeps the forward value exactly and changes only what the backward pass propagates (Layer-wise Relevance
+# Propagation written as a modified gradient): gradient x input through the modified graph is LRP's relevance.
+def relevance_norm(params: NormParams, rms: bool) -> Norm:
+    """The LN-rule: a LayerNorm / RMSNorm whose normalising scale ``1 / std`` (``1 / rms``) is treated as a constant.
+    Same value as the norm; the gradient is ``gamma * rstd`` (RMSNorm) or ``gamma * rstd * (I - 1 1^T / d)``
+    (LayerNorm: the centring is linear and stays)."""
+    gamma, beta, eps = params
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        y = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        if not rms:
+            y = y - y.mean(-1, keepdim=True)
+        rstd = torch.rsqrt(y.square().mean(-1, keepdim=True) + eps).detach()
+        return (y * rstd * gamma.to(y.dtype) + beta.to(y.dtype)).to(x.dtype)
+
+    return f
+
+
+def identity_rule(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The Identity-rule for an elementwise nonlinearity ``f``: value ``f(x)``, gradient ``f(x) / x`` (the
+    activation passes relevance on in proportion to its output, as if it were the linear map ``x -> (f(x)/x) x``).
+    Near ``x = 0`` the divisor is kept at least 1e-6 in magnitude."""
+
+    def g(x: torch.Tensor) -> torch.Tensor:
+        y = fn(x).detach()
+        z = x.detach()
+        tiny = torch.tensor(1e-6, dtype=z.dtype, device=z.device)
+        safe = torch.where(z >= 0, torch.maximum(z, tiny), torch.minimum(z, -tiny))
+        return y + (x - z) * (y / safe)
+
+    return g
+
+
+def half_rule(product: torch.Tensor) -> torch.Tensor:
+    """The Half-rule for a product of two activations (a gated MLP's ``act(gate) * up``): same value, each factor
+    receives half of the gradient (relevance is split evenly between the two factors)."""
+    half = product / 2
+    return half + half.detach()
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -177,6 +222,14 @@ class Arch:
     mlp_post: list[Norm] | None = None  # per layer: the norm after the MLP (part of the MLP writer)
     embed_scale: float = 1.0  # the token embedding is multiplied by this (Gemma: sqrt(d_model))
     final_softcap: float | None = None  # logits -> c * tanh(logits / c)
+    # ---- the norms' parameters (gamma, beta, eps), for the relevance view; None where the family has no such norm
+    ln2_params: list[NormParams] | None = None
+    ln_final_params: NormParams | None = None
+    q_norm_params: list[NormParams] | None = None
+    k_norm_params: list[NormParams] | None = None
+    mlp_post_params: list[NormParams] | None = None
+    relevance: bool = False  # this is the relevance view (:meth:`relevance_view`): LRP's rules in the backward
+    _relevance_view: Arch | None = field(default=None, init=False, repr=False)
     _rope: dict[tuple[int, torch.dtype, str | None], tuple[torch.Tensor, torch.Tensor]] = field(
         default_factory=dict, init=False, repr=False
     )
@@ -191,6 +244,34 @@ class Arch:
         self.W_read_folded = (g[:, None, :, None] * self._W_read).contiguous()  # [L, R, d, dh]
         self.c_read_folded = self.W_read_folded.sum(2)  # [L, R, dh]
         self.b_read_folded = torch.einsum("ld,lrde->lre", beta, self._W_read) + self._b_read
+
+    def relevance_view(self) -> Arch:
+        """The same model with relevance patching's propagation rules (RelP; Jafari et al. 2025) in its backward
+        pass: every norm by the LN-rule (:func:`relevance_norm`), the MLP's activation (and a final logit soft-cap)
+        by the Identity-rule (:func:`identity_rule`), a gated MLP's product by the Half-rule (:func:`half_rule`),
+        and a post-attention norm's scale held constant. Forward values are the model's (to float rounding); only
+        gradients change. Built once per Arch."""
+        if self.relevance:
+            return self
+        if self._relevance_view is None:
+            if self.ln2_params is None or self.ln_final_params is None:
+                raise UnsupportedArchitecture(f"{self.name}: the relevance rules need the norms' parameters, which "
+                                              "this architecture's builder does not record")
+
+            def norms(ps: list[NormParams] | None) -> list[Norm] | None:
+                return None if ps is None else [relevance_norm(p, self.rms) for p in ps]
+
+            for kind, fn, ps in (("q_norm", self.q_norm, self.q_norm_params),
+                                 ("k_norm", self.k_norm, self.k_norm_params),
+                                 ("mlp_post", self.mlp_post, self.mlp_post_params)):
+                if fn is not None and ps is None:
+                    raise UnsupportedArchitecture(f"{self.name}: the relevance rules need the {kind} parameters")
+            self._relevance_view = dataclasses.replace(
+                self, ln1=norms(self.ln1_params), ln2=norms(self.ln2_params),
+                ln_final=relevance_norm(self.ln_final_params, self.rms), q_norm=norms(self.q_norm_params),
+                k_norm=norms(self.k_norm_params), mlp_post=norms(self.mlp_post_params),
+                act=identity_rule(self.act), relevance=True)
+        return self._relevance_view
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token ids ``[B, P]`` -> the ``input`` writer's output ``[B, P, d]``."""
@@ -207,6 +288,8 @@ class Arch:
         if self.gated:
             gate, up = h.chunk(2, dim=-1)
             h = self.act(gate) * up
+            if self.relevance:
+                h = half_rule(h)
         else:
             h = self.act(h)
         out = torch.addmm(self.b_out[layer], h, self.W_out[layer]).view(*x.shape[:-1], self.d_model)
@@ -229,13 +312,20 @@ class Arch:
             rstd = torch.rsqrt(total.float().square().mean(-1, keepdim=True) + eps).to(total.dtype)
         else:
             rstd = torch.rsqrt(total.square().mean(-1, keepdim=True) + eps)
+        if self.relevance:  # the LN-rule: the norm's scale is a constant
+            rstd = rstd.detach()
         return heads * (rstd * gamma)
 
     def unembed(self, x: torch.Tensor) -> torch.Tensor:
         out = x @ self.W_U
         out = out + self.b_U if self.b_U is not None else out
         if self.final_softcap is not None:
-            out = torch.tanh(out / self.final_softcap) * self.final_softcap
+            c = self.final_softcap
+
+            def cap(t: torch.Tensor) -> torch.Tensor:
+                return torch.tanh(t / c) * c
+
+            out = identity_rule(cap)(out) if self.relevance else cap(out)
         return out
 
     @property

@@ -45,6 +45,8 @@ def build(model: Any, name: str) -> Arch:
         ln1_params=[ln_params(b.ln_1) for b in tr.h],
         ln2=[layer_norm(b.ln_2) for b in tr.h],
         ln_final=layer_norm(tr.ln_f),
+        ln2_params=[ln_params(b.ln_2) for b in tr.h],
+        ln_final_params=ln_params(tr.ln_f),
         W_E=unwrap(tr.wte).weight.detach(),
         W_pos=unwrap(tr.wpe).weight.detach(),
         W_U=W_U,

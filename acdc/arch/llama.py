@@ -72,6 +72,8 @@ def build(model: Any, name: str) -> Arch:
         ln1_params=[n[1] for n in norms1],
         ln2=[n[0] for n in norms2],
         ln_final=rms_norm(base.norm)[0],
+        ln2_params=[n[1] for n in norms2],
+        ln_final_params=rms_norm(base.norm)[1],
         W_E=unwrap(base.embed_tokens).weight.detach(),
         W_pos=None,
         W_U=W_U,

@@ -65,6 +65,8 @@ METHODS = (
     _record("eap-ig-midpoint", "EAP-IG along the input embeddings by the midpoint rule (no end point sampled)"),
     _record("eap-ig-activations", "EAP with integrated gradients along each writer group's activations"),
     _record("clean-corrupted", "EAP with the gradient averaged over the clean and the counterfactual run"),
+    _record("relp", "relevance patching: EAP with LRP's propagation rules in the backward (LN-, Identity-, "
+            "Half-rule), one backward"),
     _record("mask-ig", "integrated gradients along the edge-mask path m = a * 1, a in (0, 1]"),
     _record("exact", "one exact masked forward per edge: M(without the edge) - M(full)"),
 )
