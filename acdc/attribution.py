@@ -412,8 +412,9 @@ def attribution_cost(method: str, steps: int, graph: Graph, *, level: Level = "e
     if method == "exact":
         n_masks = (graph.n_edges if level == "edge" else graph.n_src) + 1
         return math.ceil(n_masks / exact_batch), float(n_masks)
-    per = {"eap": 1, "relp": 1, "eap-ig-inputs": steps, "clean-corrupted": 2, "mask-ig": steps, "eap-ig-midpoint": steps,
-           "eap-ig-left": steps, "eap-ig-activations": 1 + (steps - 1) * (2 * graph.n_layers + 1)}
+    per = {"eap": 1, "relp": 1, "eap-ig-inputs": steps, "clean-corrupted": 2, "mask-ig": steps,
+           "eap-ig-midpoint": steps, "eap-ig-left": steps,
+           "eap-ig-activations": 1 + (steps - 1) * (2 * graph.n_layers + 1)}
     if method not in per:
         raise InputError(f"unknown attribution method '{method}'; choose one of {', '.join(METHODS)}")
     if method in ("eap-ig-midpoint", "eap-ig-left"):  # plus one forward (no backward) for the clean activations

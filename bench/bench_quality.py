@@ -146,7 +146,8 @@ def bench_task(task: str, methods: tuple[str, ...], old: tuple[str, ...], select
                                 "f_ci": _quantiles(capped[o[0]])},
                         "difference": float(min(f0[a[0]], 1.0) - min(f0[o[0]], 1.0)),
                         "difference_ci": _quantiles(capped[a[0]] - capped[o[0]])})
-    return {"task": task, "model": prep.spec, "seed": prep.seed, "n_train": n_train, "n_test": n_test, "bootstrap": n_boot,
+    return {"task": task, "model": prep.spec, "seed": prep.seed, "n_train": n_train, "n_test": n_test,
+            "bootstrap": n_boot,
             "edges_total": graph.n_edges, "old_methods": sorted(old_names), "methods_s": methods_s,
             "seconds": runs.seconds, "notes": runs.notes, "rows": rows, "budgets": budgets,
             "frontier": doc["frontier"], "pareto": doc}
