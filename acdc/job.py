@@ -16,8 +16,10 @@ graph, prompts) and the method registry (acdc.methods).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
+import math
 import re
 import shutil
 import time
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from acdc.errors import BudgetSpent, InputError
@@ -69,6 +72,7 @@ class JobOptions:
     distributed: bool = False  # share prompts among torchrun processes (methods that can, and the sweeps)
     device_map: str | dict[str, Any] | None = None
     max_memory: str | None = None  # the process's memory budget (None: what is available at start)
+    time_limit_s: float | None = None  # the whole job's wall-clock time (None: only budget_s caps each search)
     command: str = ""
 
     def settings(self, ablation: str, seed: int) -> Settings:
@@ -123,6 +127,143 @@ class MethodRuns:
     rankings: dict[str, tuple[str, torch.Tensor]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    plan: TimePlan | None = None  # how a time limit was shared out (None without one)
+
+
+# ---- a job's time limit ------------------------------------------------------------------------------------------
+SWEEP_RATIO = 1.5  # one circuit's exact evaluation, in bare forwards of the same prompts (measured 1.16-1.5x)
+TRAIN_PROBES = 12  # circuits per ranking curve the train sweep's search for the level evaluates (3 rounds of 4)
+CIRCUITS_PER_SEARCH = 5  # circuits a circuit method (hybrid, acdc) adds to the sweeps, at most the targets' count
+WRITE_S = 20.0  # drawing, report and files, kept back from the limit
+SWEEP_SHARE = 0.5  # the sweeps may take at most this share of what is left; the searches get the rest
+MIN_SEARCH_S = 20.0  # a search given less is skipped with a note
+GRIDS = (6, 4, 3, 2)  # sizes per decade the test sweep may fall back to, finest first
+
+
+@dataclass
+class TimePlan:
+    """How a job's time limit is spent once the rankings are done: the test sweep's grid (sizes per decade),
+    each search's budget, and the estimates they come from."""
+
+    left_s: float  # seconds left after the rankings, the writing kept back
+    forward_s: float  # one bare forward of the train prompts (measured)
+    per_decade: int
+    sweep_s: float  # the sweeps' estimated seconds at that grid
+    search_s: float  # each search's budget
+    searches: int
+
+    def describe(self) -> str:
+        return (f"{self.left_s:.0f} s left after the rankings; sweeps on {self.per_decade} sizes per decade "
+                f"(~{self.sweep_s:.0f} s estimated from a bare forward of {self.forward_s:.2f} s), "
+                f"{self.search_s:.0f} s for each of {self.searches} searches")
+
+
+def bare_forward_seconds(prep: Prepared) -> float:
+    """Seconds of one plain forward (no gradients, no unembedding) of the train prompts, timed once."""
+    from acdc.arch import get_arch
+    from acdc.patching import plain_forward
+
+    arch = get_arch(prep.model)
+    clean = prep.data["train"].clean.to(arch.device)
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        plain_forward(arch, clean, logits=False)
+        return time.perf_counter() - t0
+
+
+def plan_time(prep: Prepared, methods: Sequence[Method], opts: JobOptions, deadline: float,
+              forward_s: float | None = None) -> TimePlan:
+    """Share the time to ``deadline`` between the sweeps and the searches of ``methods``: the finest grid of
+    :data:`GRIDS` (not finer than ``opts.per_decade``) whose estimated sweeps take at most :data:`SWEEP_SHARE` of
+    what is left (else the coarsest), and the rest split evenly among the searches, each capped by
+    ``opts.budget_s``. A sweep circuit is estimated at :data:`SWEEP_RATIO` bare forwards of its prompts."""
+    from acdc.pareto import size_grid
+
+    fwd = bare_forward_seconds(prep) if forward_s is None else forward_s
+    left = max(0.0, deadline - time.perf_counter() - (WRITE_S if opts.draw or opts.report else 0.0))
+    n_train = len(prep.data["train"])
+    n_test = len(prep.data["test"]) if "test" in prep.data else n_train
+    per_circuit_test = SWEEP_RATIO * fwd * n_test / n_train
+    per_circuit_train = SWEEP_RATIO * fwd
+    curves = sum(1 for m in methods if m.kind == "ranking")
+    found = CIRCUITS_PER_SEARCH * sum(1 for m in methods if m.kind != "ranking")
+    searches = sum(1 for m in methods if is_search(m))
+
+    def sweep_s(p: int) -> float:
+        test = (curves * len(size_grid(prep.graph.n_edges, p)) + found) * per_circuit_test
+        train = (curves * TRAIN_PROBES + found) * per_circuit_train if opts.circuits else 0.0
+        return test + train
+
+    grids = [p for p in GRIDS if p <= opts.per_decade] or [opts.per_decade]
+    p = next((g for g in grids if sweep_s(g) <= SWEEP_SHARE * left), grids[-1])
+    share = (left - sweep_s(p)) / max(searches, 1)
+    share = max(0.0, share if opts.budget_s is None else min(opts.budget_s, share))
+    return TimePlan(left, fwd, p, sweep_s(p), share, searches)
+
+
+def sweep_for_level(model: Any, graph: Graph, data: TaskData, curves: Sequence[Any], level: float, *,
+                    ablation: str = "patch", batch: int = 16, fanout: int = 4,
+                    log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """The part of a train sweep that :func:`choose` reads, evaluating only what finding each curve's smallest
+    circuit reaching ``level`` takes: a search over each curve's circuits ordered by size, ``fanout`` points of
+    every curve's open interval per round, all curves' points of a round in one exact evaluation. The interval
+    narrows to between the largest evaluated circuit below that does not reach ``level`` and the smallest that
+    does. It assumes f grows with size along a curve (mostly so; where it does not, the circuit found reaches the
+    level, but a smaller one that also does may be missed). Points not evaluated have ``f`` None, so a curve
+    that never reaches the level falls back to its most faithful evaluated circuit."""
+    from acdc.evaluate import evaluate_masks
+
+    orders = [sorted(range(len(sizes)), key=sizes.__getitem__) for sizes in
+              ([c.n_edges for c in cv.circuits] for cv in curves)]
+    f: list[dict[int, float]] = [{} for _ in curves]  # curve -> {circuit index: f}
+    bounds = [[-1, len(o)] for o in orders]  # positions in the size order: known short of the level / reaching it
+    rounds = 0
+    while True:
+        probes: list[tuple[int, int]] = []  # (curve, circuit index)
+        for c, (order, (lo, hi)) in enumerate(zip(orders, bounds, strict=True)):
+            inside = [q for q in range(lo + 1, hi) if order[q] not in f[c]]
+            if not inside or (hi == len(order) and order[-1] in f[c] and f[c][order[-1]] < level):
+                continue  # settled, or even its largest circuit falls short
+            picks = {inside[round(j * (len(inside) - 1) / max(fanout - 1, 1))] for j in range(fanout)}
+            if hi == len(order):
+                picks.add(len(order) - 1)  # the largest first: does the curve reach the level at all?
+            probes += [(c, order[q]) for q in sorted(picks) if order[q] not in f[c]]
+        if not probes:
+            break
+        keys: dict[bytes, int] = {}
+        masks: list[torch.Tensor] = []
+        where: list[int] = []
+        for c, i in probes:
+            m = curves[c].circuits[i].mask
+            key = np.packbits(m.numpy()).tobytes()
+            if key not in keys:
+                keys[key] = len(masks)
+                masks.append(m)
+            where.append(keys[key])
+        ev = evaluate_masks(model, graph, data, masks, ablation=ablation, batch=batch)
+        full, empty = float(ev.full.mean()), float(ev.empty.mean())
+        values = ((ev.metric.mean(1) - empty) / (full - empty)).tolist() if full != empty else [math.nan] * len(masks)
+        for (c, i), k in zip(probes, where, strict=True):
+            f[c][i] = values[k]
+        for c, order in enumerate(orders):
+            lo, hi = bounds[c]
+            reach = [q for q in range(lo + 1, hi) if order[q] in f[c] and f[c][order[q]] >= level]
+            if reach:
+                hi = min(reach)
+            short = [q for q in range(lo + 1, hi) if order[q] in f[c] and not f[c][order[q]] >= level]
+            if short:
+                lo = max(short)
+            bounds[c] = [lo, hi]
+        rounds += 1
+    n_eval = sum(len(x) for x in f)
+    log(f"train sweep: {n_eval} of {sum(len(o) for o in orders)} circuits evaluated to find the level {level:g} "
+        f"({rounds} rounds)")
+    out_curves = []
+    for c, cv in enumerate(curves):
+        pts = [{"edges": circ.n_edges, "f": None if i not in f[c] or math.isnan(f[c][i]) else f[c][i],
+                "label": label} for i, (circ, label) in enumerate(zip(cv.circuits, cv.labels, strict=True))]
+        out_curves.append({"method": cv.method, "kind": cv.kind, "points": pts})
+    return {"curves": out_curves, "evaluated": n_eval}
 
 
 def check_memory(prep: Prepared, methods: Sequence[str], sweep_batch: int = 16, max_memory: str | None = None
@@ -153,20 +294,56 @@ def check_methods(names: Sequence[str], *, distributed: bool = False) -> list[Me
     return methods
 
 
+def is_search(m: Method) -> bool:
+    """A method whose time a budget caps (exact searches, learned masks): what a job's time limit shares out."""
+    return "budget_s" in m.controls
+
+
 def run_methods(prep: Prepared, methods: Sequence[Method], opts: JobOptions, *, progress: bool = True,
-                log: Callable[[str], None] = lambda s: None) -> MethodRuns:
+                log: Callable[[str], None] = lambda s: None, deadline: float | None = None) -> MethodRuns:
     """Every method on the train split; each ranking becomes a curve of greedy circuits over the size grid, each
-    circuit method's circuits a curve of their own."""
+    circuit method's circuits a curve of their own.
+
+    With a ``deadline`` (a ``time.perf_counter()`` instant: the job's time limit), the methods without a budget run
+    first (the attribution rankings: a few passes each), then :func:`plan_time` shares what is left between the
+    sweeps (choosing their grid) and the searches (each one's budget), and ``runs.plan`` records it."""
     from acdc.pareto import curve_from_circuits, curve_from_scores, size_grid
 
     graph = prep.graph
-    sizes = size_grid(graph.n_edges, opts.per_decade)
     ctx = Context(prep.model, graph, prep.data["train"], progress=progress, distributed=opts.distributed)
     settings = opts.settings(prep.ablation, prep.seed)
     runs = MethodRuns()
-    for m in methods:
+    order = list(methods)
+    if deadline is not None:
+        order = [m for m in methods if not is_search(m)] + [m for m in methods if is_search(m)]
+    per_decade = opts.per_decade
+    outcomes: dict[str, Any] = {}
+    for m in order + [None]:
+        if deadline is not None and runs.plan is None and (m is None or is_search(m)):
+            runs.plan = plan_time(prep, methods, opts, deadline)
+            per_decade = runs.plan.per_decade
+            log(f"time limit: {runs.plan.describe()}")
+            runs.notes.append(f"time limit {opts.time_limit_s:.0f} s: {runs.plan.describe()}")
+        if m is None:
+            break
+        s = settings
+        if runs.plan is not None and is_search(m):
+            if runs.plan.search_s < MIN_SEARCH_S:
+                runs.notes.append(f"{m.name}: skipped: the time limit left {runs.plan.search_s:.0f} s for it "
+                                  f"(less than {MIN_SEARCH_S:.0f} s); raise --time-limit")
+                log(f"{m.name}: skipped (time limit)")
+                continue
+            s = dataclasses.replace(settings, budget_s=runs.plan.search_s)
         t0 = time.perf_counter()
-        out = m.run(ctx, settings)
+        outcomes[m.name] = m.run(ctx, s)
+        runs.notes += outcomes[m.name].notes
+        runs.seconds[m.name] = round(time.perf_counter() - t0, 2)
+        log(f"{m.name}: {runs.seconds[m.name]:.1f} s")
+    sizes = size_grid(graph.n_edges, per_decade)
+    for m in methods:  # curves in the order the methods were given
+        out = outcomes.get(m.name)
+        if out is None:
+            continue
         if m.kind == "ranking":
             assert out.scores is not None  # a ranking always has scores
             runs.rankings[m.name] = (m.ranking_sense, out.scores.scores)
@@ -176,9 +353,6 @@ def run_methods(prep: Prepared, methods: Sequence[Method], opts: JobOptions, *, 
                 runs.notes.append(f"{m.name}: {len(fell)} of {len(sizes)} sizes not chosen by the ILP: {fell[-1]}")
         elif out.circuits:
             runs.curves.append(curve_from_circuits(m.name, out.circuits))
-        runs.notes += out.notes
-        runs.seconds[m.name] = round(time.perf_counter() - t0, 2)
-        log(f"{m.name}: {runs.seconds[m.name]:.1f} s")
     for name, sc in sweep_scores_dirs(opts.score_dirs, graph).items():
         runs.rankings[name] = ("effect", sc)
         runs.curves.append(curve_from_scores(graph, name, sc, sizes))
@@ -269,14 +443,25 @@ def run_job(task_name: str, model_spec: str | None, out: str | Path | None, opts
         log(f"memory: {plan}")
     folder = run_dir(prep.task.name, "run", out) if main_rank else Path(".")
 
-    runs = run_methods(prep, methods, opts, progress=progress, log=log)
+    deadline = None if opts.time_limit_s is None else t_start + opts.time_limit_s
+    if deadline is not None and opts.distributed:
+        raise InputError("--time-limit is not available with --distributed (each process would plan on its own); "
+                         "use --budget")
+    runs = run_methods(prep, methods, opts, progress=progress, log=log, deadline=deadline)
     timings["methods"] = runs.seconds
+    if runs.plan is not None:
+        timings["time_plan"] = dataclasses.asdict(runs.plan)
 
     t0 = time.perf_counter()
     info = {"task": prep.task.name, "model": prep.spec}
     kw: dict[str, Any] = {"ablation": prep.ablation, "batch": opts.batch, "progress": progress, "info": info,
                           "evaluator": evaluator}
-    on_train = sweep(model, graph, train, runs.curves, n_boot=0, **kw) if opts.circuits else None
+    on_train = None
+    if opts.circuits and deadline is not None:  # under a time limit choose() gets only what it needs
+        on_train = sweep_for_level(model, graph, train, runs.curves, opts.level, ablation=prep.ablation,
+                                   batch=opts.batch, log=log)
+    elif opts.circuits:
+        on_train = sweep(model, graph, train, runs.curves, n_boot=0, **kw)
     pareto = sweep(model, graph, test, runs.curves, n_boot=opts.bootstrap, seed=prep.seed, **kw)
     if not main_rank:  # every rank took part in the sweeps; rank 0 alone chooses, draws and writes
         return None

@@ -266,6 +266,22 @@ def parse_device_map(value: str | None) -> str | dict[str, Any] | None:
 
 
 # ---- options shared by the commands -------------------------------------------------------------------------------
+def parse_duration(value: str | None) -> float | None:
+    """Seconds from ``900``, ``900s``, ``15m``, ``1.5h``; None stays None. Anything else is a one-line error."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    scale = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(text[-1:], None)
+    number = text[:-1] if scale is not None else text
+    try:
+        seconds = float(number) * (scale or 1.0)
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not a duration; write seconds (900) or 900s, 15m, 1.5h") from None
+    if not seconds > 0:
+        raise click.BadParameter(f"the time limit must be positive, got '{value}'")
+    return seconds
+
+
 def _options(*names: str, split: str = "test", n_help: str = "Number of prompts [task default].") -> Any:
     """The shared click options ``names`` (in that order), each defined once here."""
     table: dict[str, Any] = {
@@ -504,6 +520,11 @@ def _job_options(f: Any) -> Any:
                           "far; what was cut is said in a note."),
         click.option("--ep-steps", default=300, show_default=True, type=click.IntRange(1),
                      help="Edge-pruning training steps."),
+        click.option("--time-limit", default=None, metavar="DURATION",
+                     help="Wall-clock limit of the whole job (900, 15m, 1h): after the rankings, the time left is "
+                          "shared between the sweeps (a coarser size grid if needed; on train only what choosing "
+                          "a circuit needs) and the searches (each one's budget, at most --budget); the plan is "
+                          "logged and kept in summary.json. Planned from a timed forward, not enforced mid-sweep."),
         _options("out", "device_map", "max_memory"),
         click.option("--distributed", is_flag=True,
                      help="Under torchrun: share the prompts of the methods that can (rankings) and of the sweeps "
@@ -521,7 +542,8 @@ def _run_job(task: str, kw: dict[str, Any], *, circuits: bool, score_dirs: tuple
     opts = JobOptions(methods=_methods(methods) if methods else (), n=kw["n_prompts"], seed=kw["seed"],
                       ablation=kw["ablation"], counterfactual=kw["counterfactual"], dataset=kw["dataset"],
                       bootstrap=kw["bootstrap"], level=kw["level"], budget_s=kw["budget"],
-                      ep_steps=kw["ep_steps"], circuits=circuits, report=circuits, score_dirs=score_dirs,
+                      time_limit_s=parse_duration(kw["time_limit"]), ep_steps=kw["ep_steps"], circuits=circuits,
+                      report=circuits, score_dirs=score_dirs,
                       distributed=kw["distributed"], device_map=parse_device_map(kw["device_map"]),
                       max_memory=kw["max_memory"], command="acdc " + " ".join(sys.argv[1:]))
     quiet = kw["distributed"] and os.environ.get("RANK", "0") != "0"
@@ -553,6 +575,7 @@ def run(task: str, **kw: Any) -> None:
       acdc run ioi --methods eap-ig,mask-ig,edge-pruning
       acdc run refusal --model zoo:toy-refusal --out outputs/refusal/mine
       acdc run path/to/my_task.yaml --bootstrap 200
+      acdc run ioi --model zoo:smollm2-135m-instruct --time-limit 15m
     """
     s = _run_job(task, kw, circuits=True)
     if s is None:  # a torchrun process other than rank 0

@@ -267,7 +267,8 @@ class Arch:
                 if fn is not None and ps is None:
                     raise UnsupportedArchitecture(f"{self.name}: the relevance rules need the {kind} parameters")
             self._relevance_view = dataclasses.replace(
-                self, ln1=norms(self.ln1_params), ln2=norms(self.ln2_params),
+                self, ln1=[relevance_norm(p, self.rms) for p in self.ln1_params],
+                ln2=[relevance_norm(p, self.rms) for p in self.ln2_params],
                 ln_final=relevance_norm(self.ln_final_params, self.rms), q_norm=norms(self.q_norm_params),
                 k_norm=norms(self.k_norm_params), mlp_post=norms(self.mlp_post_params),
                 act=identity_rule(self.act), relevance=True)
