@@ -106,7 +106,7 @@ def test_pareto_command_sweeps_saved_scores(tmp_path, toy_ioi) -> None:  # type:
 @pytest.mark.parametrize("args, message", [
     (["run", "ioi", "--methods", "eap,nope"], "error: unknown method(s) nope in --methods; choose from eap, eap-ig, "
                                               "eap-ig-inputs, eap-ig-left, eap-ig-midpoint, eap-ig-activations, "
-                                              "clean-corrupted, mask-ig, exact, edge-pruning, edge-pruning-warm, "
+                                              "clean-corrupted, relp, mask-ig, exact, edge-pruning, edge-pruning-warm, "
                                               "hybrid, acdc, ensemble, ensemble-max, ensemble-min, eap-ig-ilp, "
                                               "eap-ig-stable (comma-separated)"),
     (["draw", "/no/such/circuit.json"], "error: no circuit file at /no/such/circuit.json"),

@@ -16,7 +16,6 @@ from acdc.evaluate import Evaluation
 from acdc.job import GRIDS, JobOptions, plan_time, prepare, sweep_for_level
 from acdc.methods import get_method
 
-
 BLOCK = 64  # every mask has one block of edges per curve (all masks of a graph have one shape)
 
 
@@ -61,7 +60,7 @@ def test_level_search_equals_brute_force_on_monotone_curves(fake_eval):
         tables[block] = fs
         curves.append(_curve(fs, block))
     doc = sweep_for_level(None, None, None, curves, 0.9)
-    for block, (cv, out) in enumerate(zip(curves, doc["curves"], strict=True)):
+    for block, out in enumerate(doc["curves"]):
         fs = tables[block]
         want = _brute(fs, 0.9)
         reached = [i for i, p in enumerate(out["points"]) if p["f"] is not None and p["f"] >= 0.9]
