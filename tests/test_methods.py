@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from acdc import Graph, get_task
 from acdc.errors import InputError
+from acdc.graph import Circuit
 from acdc.methods import REGISTRY, Context, Settings, get_method, method_names
 from acdc.methods.discover import check_controls
 from acdc.methods.registry import FAMILIES
@@ -301,3 +302,29 @@ def test_edge_pruning_schedule_by_graph_size(toy_ioi) -> None:  # type: ignore[n
     assert (c.meta["batch_size"], c.meta["lr"]) == (32, 0.1)
     c, _, _ = edge_pruning(toy_ioi, g, data, edges=20, steps=2, batch_size=4, lr=0.05, progress=False)
     assert (c.meta["batch_size"], c.meta["lr"]) == (4, 0.05)
+
+
+def test_hybrid_targets_share_what_is_left(toy_ioi, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Each target gets an even share of the budget left when it starts (time one target leaves over goes to the
+    next; a round past its share shortens the later ones), so the whole overshoots by one target's overrun at most."""
+    import acdc.methods.hybrid as hybrid_module
+    from acdc.methods.base import SearchCost
+
+    g = Graph.from_model(toy_ioi)
+    data = get_task("ioi").build(toy_ioi, 8, split="train")
+    ctx = Context(toy_ioi, g, data, progress=False)
+    get_method("eap-ig").run(ctx, Settings())  # the ranking the hybrid reuses
+    clock = [0.0]
+    given: list[float] = []
+
+    def fake_search(model, graph, data, *, target, budget_s, **kw):  # type: ignore[no-untyped-def]
+        given.append(budget_s)
+        clock[0] += budget_s + 2.0 if target != 0.5 else budget_s / 2  # the first leaves half; the others overrun
+        return Circuit(graph, graph.valid.clone()), SearchCost()
+
+    monkeypatch.setattr(hybrid_module, "hybrid_search", fake_search)
+    monkeypatch.setattr(hybrid_module.time, "perf_counter", lambda: clock[0])
+    out = get_method("hybrid").run(ctx, Settings(targets=(0.5, 0.8, 0.9), budget_s=30.0))
+    assert given[0] == pytest.approx(10.0) and given[1] == pytest.approx(12.5)  # 25 s left for two targets
+    assert given[2] == pytest.approx(30.0 - 5.0 - 14.5)  # what the second's overrun left
+    assert clock[0] == pytest.approx(30.0 + 2.0) and len(out.circuits) == 3

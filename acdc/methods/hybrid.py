@@ -263,12 +263,15 @@ def _run(ctx: Context, s: Settings) -> Outcome:
     t0 = time.perf_counter()
     memo: dict[int, float] = {}  # f of each ranked size: every target bisects the same curve
     for i, tgt in enumerate(targets):
-        if s.budget_s is not None and i and time.perf_counter() - t0 > s.budget_s:
+        # each target gets an even share of what is left, so time one target leaves over goes to the next, and a
+        # round that runs past its share shortens the later ones: the whole stays within the budget and one round
+        left = None if s.budget_s is None else s.budget_s - (time.perf_counter() - t0)
+        if left is not None and i and left <= 0:
             out.notes.append(f"hybrid: targets {', '.join(f'{t:g}' for t in targets[i:])} skipped: the budget of "
                              f"{s.budget_s:.0f} s was spent")
             break
         c, cost = hybrid_search(ctx.model, ctx.graph, ctx.data, target=tgt, ablation=s.ablation, scores=scores,
-                                budget_s=None if s.budget_s is None else s.budget_s / len(targets),
+                                budget_s=None if left is None else max(left, 0.0) / (len(targets) - i),
                                 progress=ctx.progress, memo=memo, **s.options)
         out.record(c, cost, label=f"target={tgt:g}")
         if "budget_note" in cost.extra:
