@@ -176,7 +176,9 @@ def plan_time(prep: Prepared, methods: Sequence[Method], opts: JobOptions, deadl
     """Share the time to ``deadline`` between the sweeps and the searches of ``methods``: the finest grid of
     :data:`GRIDS` (not finer than ``opts.per_decade``) whose estimated sweeps take at most :data:`SWEEP_SHARE` of
     what is left (else the coarsest), and the rest split evenly among the searches, each capped by
-    ``opts.budget_s``. A sweep circuit is estimated at :data:`SWEEP_RATIO` bare forwards of its prompts."""
+    ``opts.budget_s``. Where that leaves a search under :data:`MIN_SEARCH_S` (so the searches will be skipped), or
+    there are none, the sweeps may take all the time, for the rankings' curves only. A sweep circuit is estimated
+    at :data:`SWEEP_RATIO` bare forwards of its prompts."""
     from acdc.pareto import size_grid
 
     fwd = bare_forward_seconds(prep) if forward_s is None else forward_s
@@ -185,20 +187,25 @@ def plan_time(prep: Prepared, methods: Sequence[Method], opts: JobOptions, deadl
     n_test = len(prep.data["test"]) if "test" in prep.data else n_train
     per_circuit_test = SWEEP_RATIO * fwd * n_test / n_train
     per_circuit_train = SWEEP_RATIO * fwd
-    curves = sum(1 for m in methods if m.kind == "ranking")
-    found = CIRCUITS_PER_SEARCH * sum(1 for m in methods if m.kind != "ranking")
     searches = sum(1 for m in methods if is_search(m))
 
-    def sweep_s(p: int) -> float:
+    def sweep_s(p: int, with_searches: bool) -> float:
+        kept = [m for m in methods if with_searches or not is_search(m)]
+        curves = sum(1 for m in kept if m.kind == "ranking")
+        found = CIRCUITS_PER_SEARCH * sum(1 for m in kept if m.kind != "ranking")
         test = (curves * len(size_grid(prep.graph.n_edges, p)) + found) * per_circuit_test
         train = (curves * TRAIN_PROBES + found) * per_circuit_train if opts.circuits else 0.0
         return test + train
 
     grids = [p for p in GRIDS if p <= opts.per_decade] or [opts.per_decade]
-    p = next((g for g in grids if sweep_s(g) <= SWEEP_SHARE * left), grids[-1])
-    share = (left - sweep_s(p)) / max(searches, 1)
+    p = next((g for g in grids if sweep_s(g, True) <= (SWEEP_SHARE if searches else 1.0) * left), grids[-1])
+    share = (left - sweep_s(p, True)) / max(searches, 1)
     share = max(0.0, share if opts.budget_s is None else min(opts.budget_s, share))
-    return TimePlan(left, fwd, p, sweep_s(p), share, searches)
+    if searches and share < MIN_SEARCH_S:  # the searches will be skipped: their curves need no sweep, and the
+        # sweeps may have all the time
+        p = next((g for g in grids if sweep_s(g, False) <= left), grids[-1])
+        return TimePlan(left, fwd, p, sweep_s(p, False), share, searches)
+    return TimePlan(left, fwd, p, sweep_s(p, True), share, searches)
 
 
 def sweep_for_level(model: Any, graph: Graph, data: TaskData, curves: Sequence[Any], level: float, *,

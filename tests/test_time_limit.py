@@ -99,11 +99,16 @@ def test_plan_shares_the_time(toy_ioi):
     opts = JobOptions(budget_s=300.0)
     roomy = plan_time(prep, methods, opts, time.perf_counter() + 10_000, forward_s=0.01)
     assert roomy.per_decade == 6 and roomy.search_s == 300.0 and roomy.searches == 3  # capped by --budget
-    tight = plan_time(prep, methods, opts, time.perf_counter() + 200, forward_s=1.0)
-    assert tight.per_decade == GRIDS[-1] and tight.sweep_s > 0.5 * tight.left_s  # the coarsest grid, still over
-    mid = plan_time(prep, methods, opts, time.perf_counter() + 400, forward_s=1.0)
-    assert tight.per_decade < mid.per_decade and mid.sweep_s <= 0.5 * mid.left_s
-    assert tight.search_s == pytest.approx((tight.left_s - tight.sweep_s) / 3, rel=1e-6)
+    mid = plan_time(prep, methods, opts, time.perf_counter() + 300, forward_s=1.0)
+    assert mid.per_decade < 6 and mid.search_s >= 20  # a coarser grid keeps time for the searches
+    assert mid.sweep_s <= 0.5 * mid.left_s or mid.per_decade == GRIDS[-1]
+    assert mid.search_s == pytest.approx((mid.left_s - mid.sweep_s) / 3, rel=1e-6)
+    # too tight for the searches: they will be skipped, so the sweeps get all the time for the rankings' curves
+    tight = plan_time(prep, methods, opts, time.perf_counter() + 150, forward_s=1.0)
+    alone = plan_time(prep, methods[:2], opts, time.perf_counter() + 150, forward_s=1.0)
+    assert tight.search_s < 20 and alone.searches == 0
+    assert tight.per_decade == alone.per_decade and tight.sweep_s == pytest.approx(alone.sweep_s)
+    assert tight.per_decade > mid.per_decade or tight.per_decade == 6
     gone = plan_time(prep, methods, opts, time.perf_counter() + 5, forward_s=0.05)
     assert gone.search_s == 0.0
 
