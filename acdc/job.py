@@ -547,6 +547,7 @@ def write_run(folder: Path, prep: Prepared, opts: JobOptions, runs: MethodRuns, 
     write_run_yaml(folder, {"command": "run", "task": task.name, "task_file": str(task.path) if task.path else None,
                             "model": spec, "methods": list(opts.methods), "ablation": prep.ablation, "seed": prep.seed,
                             "n": opts.n, "bootstrap": opts.bootstrap, "level": opts.level,
+                            "budget_s": opts.budget_s, "time_limit_s": opts.time_limit_s,
                             "train": dict(train.info), "test": dict(test.info), "timings": timings})
     if opts.report and opts.circuits:
         from acdc.export.report import write_report

@@ -124,6 +124,10 @@ def test_run_with_a_time_limit(tmp_path):
     assert plan["searches"] == 3 and plan["per_decade"] in GRIDS
     assert any(n.startswith("time limit 45 s:") for n in s["notes"])
     assert s["timings"]["total_s"] < 45 + 30  # planned, not enforced: but not far off on a toy
+    import yaml
+
+    run = yaml.safe_load((tmp_path / "run" / "run.yaml").read_text())
+    assert run["time_limit_s"] == 45.0 and run["budget_s"] == 300.0
     r = CliRunner().invoke(main, ["run", "ioi", "--n", "24", "--bootstrap", "50", "--time-limit", "1",
                                   "--out", str(tmp_path / "short")])
     assert r.exit_code == 0, r.output
