@@ -209,7 +209,7 @@ def plan_time(prep: Prepared, methods: Sequence[Method], opts: JobOptions, deadl
 
 
 def sweep_for_level(model: Any, graph: Graph, data: TaskData, curves: Sequence[Any], level: float, *,
-                    ablation: str = "patch", batch: int = 16, fanout: int = 4,
+                    ablation: str = "patch", batch: int = 16, fanout: int = 4, progress: bool = True,
                     log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """The part of a train sweep that :func:`choose` reads, evaluating only what finding each curve's smallest
     circuit reaching ``level`` takes: a search over each curve's circuits ordered by size, ``fanout`` points of
@@ -218,8 +218,11 @@ def sweep_for_level(model: Any, graph: Graph, data: TaskData, curves: Sequence[A
     does. It assumes f grows with size along a curve (mostly so; where it does not, the circuit found reaches the
     level, but a smaller one that also does may be missed). Points not evaluated have ``f`` None, so a curve
     that never reaches the level falls back to its most faithful evaluated circuit."""
+    from tqdm.auto import tqdm
+
     from acdc.evaluate import evaluate_masks
 
+    bar = tqdm(desc="train sweep (search for the level)", unit="circuit", disable=not progress, leave=False)
     orders = [sorted(range(len(sizes)), key=sizes.__getitem__) for sizes in
               ([c.n_edges for c in cv.circuits] for cv in curves)]
     f: list[dict[int, float]] = [{} for _ in curves]  # curve -> {circuit index: f}
@@ -247,7 +250,7 @@ def sweep_for_level(model: Any, graph: Graph, data: TaskData, curves: Sequence[A
                 keys[key] = len(masks)
                 masks.append(m)
             where.append(keys[key])
-        ev = evaluate_masks(model, graph, data, masks, ablation=ablation, batch=batch)
+        ev = evaluate_masks(model, graph, data, masks, ablation=ablation, batch=batch, progress=bar.update)
         full, empty = float(ev.full.mean()), float(ev.empty.mean())
         values = ((ev.metric.mean(1) - empty) / (full - empty)).tolist() if full != empty else [math.nan] * len(masks)
         for (c, i), k in zip(probes, where, strict=True):
@@ -262,6 +265,7 @@ def sweep_for_level(model: Any, graph: Graph, data: TaskData, curves: Sequence[A
                 lo = max(short)
             bounds[c] = [lo, hi]
         rounds += 1
+    bar.close()
     n_eval = sum(len(x) for x in f)
     log(f"train sweep: {n_eval} of {sum(len(o) for o in orders)} circuits evaluated to find the level {level:g} "
         f"({rounds} rounds)")
@@ -428,6 +432,9 @@ def run_job(task_name: str, model_spec: str | None, out: str | Path | None, opts
     if not (opts.methods or opts.score_dirs):
         raise InputError(f"no method given; choose from {', '.join(method_names())}")
     methods = check_methods(opts.methods, distributed=opts.distributed)
+    if opts.time_limit_s is not None and opts.distributed:
+        raise InputError("--time-limit is not available with --distributed (each process would plan on its own); "
+                         "use --budget")
     if not 0 < opts.level <= 1:
         raise InputError(f"level must be in (0, 1], got {opts.level}")
     main_rank, evaluator = True, None
@@ -451,9 +458,6 @@ def run_job(task_name: str, model_spec: str | None, out: str | Path | None, opts
     folder = run_dir(prep.task.name, "run", out) if main_rank else Path(".")
 
     deadline = None if opts.time_limit_s is None else t_start + opts.time_limit_s
-    if deadline is not None and opts.distributed:
-        raise InputError("--time-limit is not available with --distributed (each process would plan on its own); "
-                         "use --budget")
     runs = run_methods(prep, methods, opts, progress=progress, log=log, deadline=deadline)
     timings["methods"] = runs.seconds
     if runs.plan is not None:
@@ -466,7 +470,7 @@ def run_job(task_name: str, model_spec: str | None, out: str | Path | None, opts
     on_train = None
     if opts.circuits and deadline is not None:  # under a time limit choose() gets only what it needs
         on_train = sweep_for_level(model, graph, train, runs.curves, opts.level, ablation=prep.ablation,
-                                   batch=opts.batch, log=log)
+                                   batch=opts.batch, progress=progress, log=log)
     elif opts.circuits:
         on_train = sweep(model, graph, train, runs.curves, n_boot=0, **kw)
     pareto = sweep(model, graph, test, runs.curves, n_boot=opts.bootstrap, seed=prep.seed, **kw)
