@@ -737,9 +737,12 @@ def discover_job(task_name: str, model_spec: str | None, out: str | Path | None,
         seconds = time.perf_counter() - t0
         evaluation = evaluator(prep.model, prep.graph, test, [circuit.mask], ablation=prep.ablation)
     except BudgetSpent as e:
-        if m.name == "acdc":
+        if m.name == "acdc" and (folder / "search.json").is_file():
             raise BudgetSpent(f"{e}; its state is in {folder / 'search.json'}: the same command with --out {folder} "
                               "resumes it") from None
+        if m.name == "acdc":
+            raise BudgetSpent(f"{e}; no reader was finished, so there is nothing to resume from: raise --budget"
+                              ) from None
         raise
     finally:
         if distributed:

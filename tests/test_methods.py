@@ -133,7 +133,7 @@ def test_acdc_budget_stops_at_a_reader_and_estimates(toy_ioi, tmp_path) -> None:
     ctx = Context(toy_ioi, g, data, progress=False)
     tight = get_method("acdc").run(ctx, Settings(thresholds=(0.01, 0.1), budget_s=0.0))
     assert not tight.circuits
-    assert "stopped the search at threshold 0.1 after 1 of" in tight.notes[-1]
+    assert "stopped the search at threshold 0.1 after 0 of" in tight.notes[-1]
     assert "dropped thresholds 0.1, 0.01" in tight.notes[-1]
     free = get_method("acdc").run(ctx, Settings(thresholds=(0.01, 0.1)))
     roomy = get_method("acdc").run(ctx, Settings(thresholds=(0.01, 0.1), budget_s=1e6))
@@ -145,8 +145,18 @@ def test_acdc_budget_stops_at_a_reader_and_estimates(toy_ioi, tmp_path) -> None:
     for a, b in zip(free.circuits, roomy.circuits, strict=True):
         assert torch.equal(a.mask, b.mask)
     ck = tmp_path / "search.json"
+    # a deadline already passed stops inside the first reader (the logits) after its first batch of candidates;
+    # nothing whole was decided, so no checkpoint
     with pytest.raises(SearchStopped) as stop:
         acdc_search(toy_ioi, g, data, 0.01, progress=False, checkpoint=ck, deadline=0.0)
+    assert stop.value.readers == 0 and stop.value.estimate_s > 0 and not ck.exists()
+    # at a reader boundary (the check that every torchrun process agrees on): the checkpoint keeps the reader
+    import acdc.methods.acdc as acdc_module
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(acdc_module, "_passed", lambda deadline, world: True)
+        with pytest.raises(SearchStopped) as stop:
+            acdc_search(toy_ioi, g, data, 0.01, progress=False, checkpoint=ck, deadline=float("inf"))
     assert stop.value.readers == 1 and stop.value.estimate_s > 0
     resumed, cost = acdc_search(toy_ioi, g, data, 0.01, progress=False, checkpoint=ck)
     assert cost.extra["resumed_at_reader"] == 1 and torch.equal(resumed.mask, free.circuits[0].mask)
@@ -159,6 +169,14 @@ def test_discover_budget_stops_acdc_in_one_line_and_resumes(tmp_path) -> None:  
     out = tmp_path / "acdc"
     args = ["discover", "ioi", "--method", "acdc", "--n", "16", "--threshold", "0.02", "--out", str(out)]
     r = CliRunner().invoke(main, [*args, "--budget", "1e-9"])
+    assert r.exit_code == 1, r.output  # stopped inside the first reader: nothing to resume from
+    assert "stopped the search at threshold 0.02 after 0 of" in r.output and "nothing to resume" in r.output
+    assert "Traceback" not in r.output and not (out / "search.json").is_file()
+    import acdc.methods.acdc as acdc_module
+
+    with pytest.MonkeyPatch.context() as mp:  # a budget that lasts one reader
+        mp.setattr(acdc_module, "_passed", lambda deadline, world: True)
+        r = CliRunner().invoke(main, [*args, "--budget", "1e9"])
     assert r.exit_code == 1, r.output
     assert "stopped the search at threshold 0.02 after 1 of" in r.output and "resumes it" in r.output
     assert "Traceback" not in r.output and (out / "search.json").is_file()

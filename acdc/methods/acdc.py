@@ -141,7 +141,9 @@ def acdc_search(
     return the circuit one process would (up to the order of the final float sums). Only rank 0 writes the
     checkpoint and shows progress.
 
-    ``deadline`` (a ``time.perf_counter()`` value): checked after each reader; once passed, the search stops with
+    ``deadline`` (a ``time.perf_counter()`` value): checked after each reader, and in one process also between
+    candidates inside a reader (the logits reader of a long-prompt task can take minutes); once passed, the search
+    stops (the checkpoint keeps the last whole reader) with
     :class:`SearchStopped`, which says how far it got and what the whole search would cost at that pace (with a
     checkpoint, a later call resumes from there).
 
@@ -248,13 +250,24 @@ def acdc_search(
             if engine is not None:
                 engine.set_mask(mask.cpu())
         elif cands:
+            inside = deadline if world == 1 else None  # ranks must agree: with several, reader boundaries only
             if engine is not None:
                 with torch.no_grad():
-                    kept, current, _ = remove_greedily(engine, mask, [(u, r) for u in cands], dist,
-                                                       accept, current, speculate, cost)
-                mask = kept.to(mask.device)
+                    kept, new_current, n_done = remove_greedily(engine, mask, [(u, r) for u in cands], dist,
+                                                                accept, current, speculate, cost, deadline=inside)
+                if n_done < len(cands):  # the deadline passed inside this reader (e.g. the logits, the costliest)
+                    bar.close()
+                    elapsed = time.perf_counter() - t0
+                    raise SearchStopped(pos - first, len(readers) - first, elapsed,
+                                        elapsed * total_work / max(decided + n_done, 1))
+                mask, current = kept.to(mask.device), new_current
             else:
-                for u in cands:
+                for j, u in enumerate(cands):
+                    if inside is not None and j and time.perf_counter() > inside:
+                        bar.close()
+                        elapsed = time.perf_counter() - t0
+                        raise SearchStopped(pos - first, len(readers) - first, elapsed,
+                                            elapsed * total_work / max(decided + j, 1))
                     trial = mask.clone()
                     trial[u, r] = False
                     d_new = float(dist(run(trial.unsqueeze(0)))[0])

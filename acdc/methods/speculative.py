@@ -36,13 +36,14 @@ def remove_greedily(
     """Decide ``candidates`` (edges ``(u, v)`` of ``mask``, in order) on ``engine``, whose current circuit must be
     ``mask``. ``value(logits [K, B, n, V])`` gives each candidate's number (indexable by j), ``accept(new,
     current)`` decides; an accepted candidate's value becomes ``current``. Stops early once ``time.perf_counter()``
-    passes ``deadline``; ``progress(k)`` is told the number of candidates each call decided. Returns the final mask
+    passes ``deadline`` (after the first batch, so that a stopped call has decided something to estimate from);
+    ``progress(k)`` is told the number of candidates each call decided. Returns the final mask
     (CPU), ``current`` and how many candidates were decided (all of them unless the deadline stopped it)."""
     mask = mask.cpu().clone()
     i = 0
     w = width
     while i < len(candidates):
-        if deadline is not None and time.perf_counter() > deadline:
+        if deadline is not None and i and time.perf_counter() > deadline:  # one batch at least: progress to time
             break
         batch = candidates[i : i + w]
         trials = mask.unsqueeze(0).repeat(len(batch), 1, 1)
